@@ -1,0 +1,90 @@
+//! `/api/agents`: define, list, inspect and remove agents; an agent's exact revenue.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppState;
+use super::error::{ApiError, Json};
+use crate::domain::{Agent, Runtime, Wei};
+use crate::runtime::Caller;
+
+/// The body of `POST /api/agents`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSpec {
+    id: Option<String>,
+    name: String,
+    price_wei: Wei,
+    timeout_secs: Option<u64>,
+    input_schema: Option<Value>,
+    runtime: Runtime,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<AgentSpec>,
+) -> Result<(StatusCode, Json<Agent>), ApiError> {
+    let agent = Agent {
+        id: spec
+            .id
+            .unwrap_or_else(|| format!("agent_{}", ulid::Ulid::new().to_string().to_lowercase())),
+        name: spec.name,
+        price_wei: spec.price_wei,
+        timeout_secs: spec
+            .timeout_secs
+            .unwrap_or(state.runtime.default_timeout_secs()),
+        input_schema: spec.input_schema,
+        runtime: spec.runtime,
+    };
+    let agent = state.runtime.create_agent(&caller, agent).await?;
+    Ok((StatusCode::CREATED, Json(agent)))
+}
+
+#[derive(Serialize)]
+pub struct AgentList {
+    agents: Vec<Agent>,
+}
+
+pub async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<AgentList>, ApiError> {
+    let agents = state.runtime.agents().await?;
+    Ok(Json(AgentList { agents }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    _: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    Ok(Json(state.runtime.agent(&id).await?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.runtime.delete_agent(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revenue {
+    agent_id: String,
+    revenue_wei: Wei,
+}
+
+pub async fn revenue(
+    State(state): State<AppState>,
+    _: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Revenue>, ApiError> {
+    let revenue_wei = state.runtime.revenue(&id).await?;
+    Ok(Json(Revenue {
+        agent_id: id,
+        revenue_wei,
+    }))
+}

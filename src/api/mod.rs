@@ -1,0 +1,129 @@
+//! The HTTP surface: REST under `/api`, health probes. The only module that knows HTTP and
+//! JSON request shapes; it translates them into calls on the `Runtime` and its errors into
+//! `{"error": {"code", "message"}}` responses with stable codes.
+
+mod agents;
+mod error;
+mod executions;
+mod health;
+
+pub use error::ApiError;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Query};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::runtime::{Caller, Runtime};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Arc<Runtime>,
+    pub auth: Arc<Auth>,
+    pub started: Instant,
+}
+
+/// API keys and the callers they stand for. With no keys the server is open (loopback only,
+/// enforced by the configuration) and every request acts as the local admin.
+pub struct Auth {
+    keys: HashMap<String, Caller>,
+}
+
+impl Auth {
+    pub fn from_config(config: &Config) -> Auth {
+        let keys = config
+            .api_keys
+            .iter()
+            .map(|k| {
+                let caller = Caller {
+                    user_id: k.user.clone(),
+                    admin: k.admin,
+                };
+                (k.key.clone(), caller)
+            })
+            .collect();
+        Auth { keys }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn caller(&self, token: Option<&str>) -> Result<Caller, ApiError> {
+        if self.is_open() {
+            return Ok(Caller::local());
+        }
+        token
+            .and_then(|t| self.keys.get(t).cloned())
+            .ok_or_else(|| {
+                ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+            })
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Auth>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let auth = Arc::<Auth>::from_ref(state);
+        let bearer = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        // Browsers cannot set headers on a WebSocket upgrade, hence `?token=` as well.
+        let token = match bearer {
+            Some(t) => Some(t),
+            None => Query::<TokenQuery>::try_from_uri(&parts.uri)
+                .ok()
+                .and_then(|q| q.0.token),
+        };
+        auth.caller(token.as_deref())
+    }
+}
+
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Arc<Auth> {
+        state.auth.clone()
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/agents", get(agents::list).post(agents::create))
+        .route("/agents/{id}", get(agents::get).delete(agents::delete))
+        .route("/agents/{id}/revenue", get(agents::revenue))
+        .route(
+            "/executions",
+            get(executions::list).post(executions::submit),
+        )
+        .route("/executions/{id}", get(executions::get))
+        .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/executions/{id}/events", get(executions::events));
+    Router::new()
+        .nest("/api", api)
+        .route("/health", get(health::live))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

@@ -1,0 +1,324 @@
+//! Configuration: embedded defaults, then a TOML file, then `AGENTNEXUS_*` environment
+//! variables, then command-line flags, each overriding the one before. Everything is checked
+//! at load time, and an error names the offending key and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{self, Agent, Runtime, Wei};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment reports the key and the source (file or environment variable) of each error.
+        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Invalid(all.join("; "))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the one HTTP listener (API, WebSocket, metrics, health). Port 0 picks one.
+    pub bind: SocketAddr,
+    /// Where the SQLite database and per-execution scratch directories live.
+    pub data_dir: PathBuf,
+    /// Executions running at once; the rest wait in arrival order.
+    pub max_concurrent_executions: usize,
+    /// Interval between resource samples of a running execution.
+    pub sample_interval_ms: u64,
+    /// Between the polite stop signal and the kill, on timeout or cancel.
+    pub kill_grace_ms: u64,
+    /// On shutdown, how long running executions may go on before they are stopped.
+    pub shutdown_grace_secs: u64,
+    /// Timeout of agents that do not set their own.
+    pub default_timeout_secs: u64,
+    /// Make each commit reach the disk, not only the operating system: events survive a power
+    /// loss, not only a crash of the runtime. Costs throughput on slow disks.
+    pub sync_commits: bool,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    pub logs: LogLimits,
+    pub agents: Vec<ConfigAgent>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3001)),
+            data_dir: PathBuf::from("agentnexus-data"),
+            max_concurrent_executions: 16,
+            sample_interval_ms: 1000,
+            kill_grace_ms: 5000,
+            shutdown_grace_secs: 30,
+            default_timeout_secs: 300,
+            sync_commits: true,
+            max_body_bytes: 1024 * 1024,
+            logs: LogLimits::default(),
+            agents: Vec::new(),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogLimits {
+    /// Longer lines are cut to this many bytes and marked.
+    pub max_line_bytes: usize,
+    /// Stored lines per execution; past it one marker is stored and the rest only counted.
+    pub max_lines: u64,
+    /// Stored bytes of log per execution, with the same treatment as `max_lines`.
+    pub max_bytes: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_line_bytes: 16 * 1024,
+            max_lines: 2_000_000,
+            max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// An API key and the user it stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    pub user: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An agent as written in the config file (snake_case keys, like the rest of the file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigAgent {
+    pub id: String,
+    pub name: String,
+    pub price_wei: Wei,
+    pub timeout_secs: Option<u64>,
+    pub input_schema: Option<serde_json::Value>,
+    pub runtime: Runtime,
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let figment = figment
+            // Only the server's own scalar settings: other AGENTNEXUS_* variables belong to the
+            // command-line client or to agents.
+            .merge(Env::prefixed("AGENTNEXUS_").only(&[
+                "bind",
+                "data_dir",
+                "max_concurrent_executions",
+                "sample_interval_ms",
+                "kill_grace_ms",
+                "shutdown_grace_secs",
+                "default_timeout_secs",
+                "sync_commits",
+                "max_body_bytes",
+            ]))
+            .merge(Serialized::defaults(overrides));
+        let mut config: Config = figment.extract()?;
+        if let Some(dir) = file.and_then(Path::parent) {
+            let dir = std::path::absolute(dir).map_err(|e| {
+                ConfigError::Invalid(format!("cannot resolve {}: {e}", dir.display()))
+            })?;
+            config.resolve_relative_paths(&dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Agent commands and working directories written as `./x` or `../x` in the file are
+    /// relative to the file, so a config works from wherever the server is started.
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let rel = |p: &str| p.starts_with("./") || p.starts_with("../");
+        for agent in &mut self.agents {
+            let Runtime::Process {
+                command, workdir, ..
+            } = &mut agent.runtime;
+            let resolve = |p: &str| {
+                let joined = base.join(p);
+                std::path::absolute(&joined)
+                    .unwrap_or(joined)
+                    .display()
+                    .to_string()
+            };
+            if rel(command) {
+                *command = resolve(command);
+            }
+            if let Some(dir) = workdir.as_mut().filter(|d| rel(d)) {
+                *dir = resolve(dir);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.max_concurrent_executions == 0 {
+            return invalid("max_concurrent_executions must be at least 1".into());
+        }
+        if self.sample_interval_ms < 10 {
+            return invalid("sample_interval_ms must be at least 10".into());
+        }
+        if self.logs.max_line_bytes < 64 {
+            return invalid("logs.max_line_bytes must be at least 64".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes must be at least 1024".into());
+        }
+        if self.default_timeout_secs == 0 {
+            return invalid("default_timeout_secs must be at least 1".into());
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.key.len() < 16 {
+                return invalid(format!(
+                    "api_keys[{i}]: a key must be at least 16 characters"
+                ));
+            }
+            if key.user.is_empty() {
+                return invalid(format!("api_keys[{i}]: user must not be empty"));
+            }
+        }
+        if self.api_keys.is_empty() && !self.bind.ip().is_loopback() {
+            return invalid(format!(
+                "no api_keys are configured, so the server may only bind a loopback address, not {}",
+                self.bind
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            if !seen.insert(&agent.id) {
+                return invalid(format!("agents[{i}]: duplicate agent id {:?}", agent.id));
+            }
+            self.agent(agent)
+                .map_err(|e| ConfigError::Invalid(format!("agents[{i}] ({:?}): {e}", agent.id)))?;
+        }
+        Ok(())
+    }
+
+    /// The agent a config entry defines, checked like one submitted over the API.
+    pub fn agent(&self, entry: &ConfigAgent) -> Result<Agent, String> {
+        let agent = Agent {
+            id: entry.id.clone(),
+            name: entry.name.clone(),
+            price_wei: entry.price_wei,
+            timeout_secs: entry.timeout_secs.unwrap_or(self.default_timeout_secs),
+            input_schema: entry.input_schema.clone(),
+            runtime: entry.runtime.clone(),
+        };
+        validate_agent(&agent)?;
+        Ok(agent)
+    }
+}
+
+/// The checks every agent passes, wherever it was defined.
+pub fn validate_agent(agent: &Agent) -> Result<(), String> {
+    domain::validate_agent_id(&agent.id)?;
+    if agent.name.trim().is_empty() || agent.name.len() > 200 {
+        return Err("name must be 1 to 200 characters".into());
+    }
+    if agent.timeout_secs == 0 || agent.timeout_secs > 7 * 24 * 3600 {
+        return Err("timeoutSecs must be between 1 and 604800 (one week)".into());
+    }
+    if let Some(schema) = &agent.input_schema {
+        jsonschema::validator_for(schema)
+            .map_err(|e| format!("inputSchema is not a valid JSON Schema: {e}"))?;
+    }
+    match &agent.runtime {
+        Runtime::Process { command, env, .. } => {
+            if command.trim().is_empty() {
+                return Err("runtime.command must not be empty".into());
+            }
+            if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                return Err(format!("runtime.env has an invalid variable name {bad:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentnexus.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load(Some(&path), Overrides::default())
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_file() {
+        let err = load_str("bnd = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("bnd"), "{err}");
+        assert!(err.contains("agentnexus.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = load_str("max_concurrent_executions = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_concurrent_executions"), "{err}");
+        let err = load_str("[[agents]]\nid = \"a\"\nname = \"A\"\nprice_wei = \"1.5\"\nruntime = { type = \"process\", command = \"x\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("price_wei") || err.contains("price"), "{err}");
+    }
+
+    #[test]
+    fn open_mode_only_on_loopback() {
+        let err = load_str("bind = \"0.0.0.0:3001\"").unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        let ok = load_str(
+            "bind = \"0.0.0.0:3001\"\n[[api_keys]]\nkey = \"0123456789abcdef\"\nuser = \"alice\"",
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn relative_commands_resolve_against_the_file() {
+        let config = load_str(
+            "[[agents]]\nid = \"a\"\nname = \"A\"\nprice_wei = \"1\"\nruntime = { type = \"process\", command = \"./run.sh\" }",
+        )
+        .unwrap();
+        let Runtime::Process { command, .. } = &config.agents[0].runtime;
+        assert!(
+            !command.contains("/./") && command.ends_with("/run.sh") && command.starts_with('/'),
+            "{command}"
+        );
+    }
+}

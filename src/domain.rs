@@ -1,0 +1,406 @@
+//! The domain vocabulary: agents, executions, their status machine and the events of an
+//! execution's stream. Plain data with serde shapes; no I/O lives here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// Milliseconds since the Unix epoch: the timestamp unit of events and of the store.
+pub type EpochMs = i64;
+
+pub fn now_ms() -> EpochMs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as EpochMs)
+        .unwrap_or_default()
+}
+
+/// RFC 3339 with milliseconds, UTC (`2025-10-07T12:00:00.000Z`), as the spec's JSON shows it.
+pub fn rfc3339_ms(ms: EpochMs) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// An exact amount of wei. Carried as a decimal string in JSON, never as a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Wei(pub u128);
+
+impl fmt::Display for Wei {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Wei {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "price must be a non-negative integer amount of wei written as a decimal string, got {s:?}"
+            ));
+        }
+        s.parse::<u128>()
+            .map(Wei)
+            .map_err(|_| format!("price {s:?} is larger than the maximum of {}", u128::MAX))
+    }
+}
+
+impl Serialize for Wei {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Wei {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Strings only: a JSON number would already have passed through a float or i64 somewhere.
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Agent ids appear in URLs, metric labels and file names: keep them boring.
+pub fn validate_agent_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "agent id {id:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ - ."
+        ))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    pub price_wei: Wei,
+    pub timeout_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    pub runtime: Runtime,
+}
+
+/// How an agent is run. Docker joins as a second variant with its own executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Runtime {
+    Process {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+    },
+}
+
+impl Runtime {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Runtime::Process { .. } => "process",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Running => "RUNNING",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    /// The status machine: PENDING → RUNNING → terminal, or PENDING → terminal directly
+    /// (cancelled or failed before it started). Nothing leaves a terminal status.
+    pub fn can_become(self, next: Status) -> bool {
+        match (self, next) {
+            (Status::Pending, Status::Running) => true,
+            (Status::Pending | Status::Running, n) => n.is_terminal(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown status {s:?}: expected PENDING, RUNNING, COMPLETED, FAILED or CANCELLED")
+            })
+    }
+}
+
+/// Why an execution failed, with a machine-readable `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl ExecError {
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        ExecError {
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One execution of an agent, as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    pub execution_id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub user_id: String,
+    pub status: Status,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<ExecError>,
+    pub exit_code: Option<i32>,
+    #[serde(serialize_with = "ser_rfc3339")]
+    pub created_at: EpochMs,
+    #[serde(serialize_with = "ser_opt_rfc3339")]
+    pub started_at: Option<EpochMs>,
+    #[serde(serialize_with = "ser_opt_rfc3339")]
+    pub finished_at: Option<EpochMs>,
+    pub duration_ms: Option<i64>,
+    pub price_wei: Wei,
+    pub peak_memory_bytes: Option<u64>,
+    pub peak_cpu_percent: Option<f64>,
+    pub log_lines: u64,
+    pub log_lines_dropped: u64,
+    pub last_seq: u64,
+    /// The agent as it was when the execution was submitted: what runs is what was asked for.
+    #[serde(skip)]
+    pub agent: Agent,
+    /// Store-internal key, used for the event stream and the hub.
+    #[serde(skip)]
+    pub key: i64,
+}
+
+fn ser_rfc3339<S: Serializer>(ms: &EpochMs, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_ms(*ms))
+}
+
+fn ser_opt_rfc3339<S: Serializer>(ms: &Option<EpochMs>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&rfc3339_ms(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Execution ids are `exec_` followed by a ULID: unique and sortable by creation time.
+pub fn new_execution_id() -> String {
+    format!("exec_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+pub fn is_valid_execution_id(id: &str) -> bool {
+    id.strip_prefix("exec_")
+        .is_some_and(|rest| rest.len() == 26 && ulid::Ulid::from_string(rest).is_ok())
+}
+
+/// Which output stream of the agent a log line came from. `System` lines are the runtime's own
+/// remarks inside the stream (e.g. the log budget marker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    System,
+}
+
+/// The kinds of event in an execution's stream. The set is open: new kinds are added here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Log,
+    Status,
+    Metrics,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Log => "log",
+            EventKind::Status => "status",
+            EventKind::Metrics => "metrics",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        match s {
+            "log" => Some(EventKind::Log),
+            "status" => Some(EventKind::Status),
+            "metrics" => Some(EventKind::Metrics),
+            _ => None,
+        }
+    }
+}
+
+/// The `data` of each event kind, in the spec's JSON shapes (extended additively).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    Log(LogData),
+    Status(StatusData),
+    Metrics(MetricsData),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogData {
+    pub log: String,
+    pub stream: LogStream,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusData {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ExecError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsData {
+    /// Resident memory of the whole process tree (or container), bytes.
+    pub memory_usage: u64,
+    /// CPU use since the previous sample, percent of one core.
+    pub cpu_usage: f64,
+    /// Milliseconds since the execution started.
+    pub duration: u64,
+}
+
+impl EventData {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventData::Log(_) => EventKind::Log,
+            EventData::Status(_) => EventKind::Status,
+            EventData::Metrics(_) => EventKind::Metrics,
+        }
+    }
+}
+
+/// One event of an execution's stream, as stored and delivered. `data` is kept as JSON text so
+/// that it is encoded once when written and copied verbatim to every reader.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub data: Box<RawValue>,
+    pub timestamp: EpochMs,
+}
+
+impl Event {
+    /// The status this event announces, if it is a status event.
+    pub fn status(&self) -> Option<Status> {
+        if self.kind != EventKind::Status {
+            return None;
+        }
+        serde_json::from_str::<StatusData>(self.data.get())
+            .ok()
+            .map(|d| d.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wei_round_trips_exactly_beyond_f64_precision() {
+        let w: Wei = "340282366920938463463374607431768211455".parse().unwrap();
+        assert_eq!(w.0, u128::MAX);
+        assert_eq!(
+            serde_json::to_string(&w).unwrap(),
+            format!("\"{}\"", u128::MAX)
+        );
+        assert!("-1".parse::<Wei>().is_err());
+        assert!("1.5".parse::<Wei>().is_err());
+        assert!(
+            "340282366920938463463374607431768211456"
+                .parse::<Wei>()
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Wei>("100").is_err());
+    }
+
+    #[test]
+    fn terminal_status_is_final() {
+        for from in [Status::Completed, Status::Failed, Status::Cancelled] {
+            for to in Status::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+        assert!(Status::Pending.can_become(Status::Cancelled));
+        assert!(Status::Running.can_become(Status::Completed));
+        assert!(!Status::Running.can_become(Status::Pending));
+    }
+
+    #[test]
+    fn execution_ids_are_checked() {
+        let id = new_execution_id();
+        assert!(is_valid_execution_id(&id), "{id}");
+        assert!(!is_valid_execution_id("exec_123"));
+        assert!(!is_valid_execution_id("../etc/passwd"));
+    }
+
+    #[test]
+    fn timestamps_format_like_the_spec() {
+        assert_eq!(rfc3339_ms(1_759_838_400_000), "2025-10-07T12:00:00.000Z");
+    }
+}

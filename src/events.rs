@@ -1,0 +1,233 @@
+//! The event stream of one execution, from both ends: `Recorder` is what an executor writes
+//! through (log lines, resource samples, with the log caps applied), `Follow` is how a reader
+//! gets every event exactly once, in order: stored ones first, then live ones.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::config::LogLimits;
+use crate::domain::{
+    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, now_ms,
+};
+use crate::hub::{Batch, Hub};
+use crate::store::{self, NewEvent, RunStats, Store};
+
+/// Writes one running execution's events. Shared by the tasks that read the agent's streams.
+pub struct Recorder {
+    key: i64,
+    store: Arc<dyn Store>,
+    limits: LogLimits,
+    started: Instant,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    lines: u64,
+    bytes: u64,
+    dropped: u64,
+    peak_memory: Option<u64>,
+    peak_cpu: Option<f64>,
+}
+
+impl Recorder {
+    pub fn new(key: i64, store: Arc<dyn Store>, limits: LogLimits) -> Recorder {
+        Recorder {
+            key,
+            store,
+            limits,
+            started: Instant::now(),
+            tally: Mutex::new(Tally::default()),
+        }
+    }
+
+    /// Appends log lines of one stream, in order, within the execution's log budget: the first
+    /// line over budget is replaced by one marker line; later ones are only counted.
+    pub async fn logs(&self, stream: LogStream, lines: Vec<String>) -> store::Result<()> {
+        let timestamp = now_ms();
+        let mut events = Vec::with_capacity(lines.len());
+        {
+            let mut tally = self.tally.lock().unwrap();
+            for line in lines {
+                let over = tally.lines >= self.limits.max_lines
+                    || tally.bytes + line.len() as u64 > self.limits.max_bytes;
+                if over {
+                    if tally.dropped == 0 {
+                        let marker = format!(
+                            "[agentnexus] log budget of this execution exhausted ({} lines, {} bytes); further lines are counted, not stored",
+                            self.limits.max_lines, self.limits.max_bytes
+                        );
+                        events.push(log_event(LogStream::System, marker, timestamp));
+                    }
+                    tally.dropped += 1;
+                    continue;
+                }
+                tally.lines += 1;
+                tally.bytes += line.len() as u64;
+                events.push(log_event(stream, line, timestamp));
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store.append(self.key, events).await
+    }
+
+    pub async fn metrics(&self, memory_usage: u64, cpu_usage: f64) -> store::Result<()> {
+        {
+            let mut tally = self.tally.lock().unwrap();
+            tally.peak_memory = tally.peak_memory.max(Some(memory_usage));
+            tally.peak_cpu = Some(tally.peak_cpu.map_or(cpu_usage, |p| p.max(cpu_usage)));
+        }
+        let data = EventData::Metrics(MetricsData {
+            memory_usage,
+            cpu_usage: (cpu_usage * 10.0).round() / 10.0,
+            duration: self.started.elapsed().as_millis() as u64,
+        });
+        let event = new_event(EventKind::Metrics, &data, now_ms());
+        self.store.append(self.key, vec![event]).await
+    }
+
+    pub fn stats(&self) -> RunStats {
+        let tally = self.tally.lock().unwrap();
+        RunStats {
+            peak_memory_bytes: tally.peak_memory,
+            peak_cpu_percent: tally.peak_cpu,
+            log_lines: tally.lines,
+            log_lines_dropped: tally.dropped,
+        }
+    }
+}
+
+fn log_event(stream: LogStream, log: String, timestamp: i64) -> NewEvent {
+    new_event(
+        EventKind::Log,
+        &EventData::Log(LogData { log, stream }),
+        timestamp,
+    )
+}
+
+fn new_event(kind: EventKind, data: &EventData, timestamp: i64) -> NewEvent {
+    NewEvent {
+        kind,
+        data: serde_json::value::to_raw_value(data).expect("event data serializes"),
+        timestamp,
+    }
+}
+
+/// Events read from the store per round trip while catching up.
+const PAGE: usize = 1000;
+
+/// Follows one execution's stream from `since` (exclusive) to its final status event.
+///
+/// It subscribes to live events before reading the store, so nothing published in between is
+/// missed; it drops live events it already has; and whenever the live feed has a hole (it
+/// lagged, or joined late) it reads the hole from the store, where every published event
+/// already is. Hence: every event once, in order, whatever the timing.
+pub struct Follow {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    key: i64,
+    last_seq: u64,
+    live: Option<broadcast::Receiver<Batch>>,
+    queue: VecDeque<Event>,
+    catching_up: bool,
+    live_closed: bool,
+    done: bool,
+}
+
+impl Follow {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        execution: &Execution,
+        since: u64,
+    ) -> store::Result<Follow> {
+        let live = hub.subscribe(execution.key);
+        let mut follow = Follow {
+            store,
+            hub,
+            key: execution.key,
+            last_seq: since,
+            live: Some(live),
+            queue: VecDeque::new(),
+            catching_up: true,
+            live_closed: false,
+            done: false,
+        };
+        // Re-read after subscribing: if it is finished now, its last event is in the store.
+        let now = follow.store.get_execution(&execution.execution_id).await?;
+        if now.is_some_and(|e| e.status.is_terminal() && e.last_seq <= since) {
+            follow.done = true;
+        }
+        Ok(follow)
+    }
+
+    /// The next event, or `None` once the final status event has been delivered.
+    pub async fn next(&mut self) -> store::Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                if event.seq <= self.last_seq {
+                    continue;
+                }
+                self.last_seq = event.seq;
+                if event.status().is_some_and(|s| s.is_terminal()) {
+                    self.done = true;
+                    self.queue.clear();
+                }
+                return Ok(Some(event));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if self.catching_up {
+                let page = self.store.events(self.key, self.last_seq, PAGE).await?;
+                if page.len() < PAGE {
+                    self.catching_up = false;
+                }
+                if page.is_empty() && self.live_closed {
+                    // The stream ended at or before `since`.
+                    self.done = true;
+                }
+                self.queue.extend(page);
+                continue;
+            }
+            let live = self.live.as_mut().expect("present until drop");
+            match live.recv().await {
+                Ok(batch) => {
+                    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                        continue;
+                    };
+                    if last.seq <= self.last_seq {
+                        continue;
+                    }
+                    if first.seq > self.last_seq + 1 {
+                        self.catching_up = true;
+                        continue;
+                    }
+                    self.queue
+                        .extend(batch.iter().filter(|e| e.seq > self.last_seq).cloned());
+                }
+                Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => {
+                    self.live_closed = true;
+                    self.catching_up = true;
+                }
+            }
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        drop(self.live.take());
+        self.hub.release(self.key);
+    }
+}

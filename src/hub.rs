@@ -1,0 +1,62 @@
+//! In-process publish/subscribe of committed events, per execution. The store publishes here
+//! after each commit; followers (`events::Follow`) subscribe. A seam for a network bus later.
+//!
+//! Channels exist only while someone listens: publishing to an execution nobody follows costs
+//! one map lookup. A follower that falls behind loses live batches (`Lagged`) and re-reads them
+//! from the store, so a slow follower never holds memory here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::domain::Event;
+
+/// Events committed together for one execution, in seq order.
+pub type Batch = Arc<[Event]>;
+
+/// Live batches kept per execution for followers that are momentarily behind.
+const CHANNEL_CAPACITY: usize = 256;
+
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<i64, broadcast::Sender<Batch>>>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn subscribe(&self, key: i64) -> broadcast::Receiver<Batch> {
+        let mut channels = self.channels.lock().unwrap();
+        channels
+            .entry(key)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Called by a follower after dropping its receiver: forget channels nobody listens to.
+    pub fn release(&self, key: i64) {
+        let mut channels = self.channels.lock().unwrap();
+        if channels.get(&key).is_some_and(|s| s.receiver_count() == 0) {
+            channels.remove(&key);
+        }
+    }
+
+    pub fn publish(&self, key: i64, batch: Vec<Event>, finished: bool) {
+        let mut channels = self.channels.lock().unwrap();
+        if let Some(sender) = channels.get(&key) {
+            // An error only means every receiver is gone.
+            let _ = sender.send(batch.into());
+        }
+        if finished {
+            // Dropping the sender lets followers drain what is buffered, then see `Closed`.
+            channels.remove(&key);
+        }
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().unwrap().len()
+    }
+}

@@ -1,0 +1,12 @@
+//! AgentNexus runtime: executes AI agents as local processes and makes every execution
+//! observable. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod executor;
+pub mod hub;
+pub mod runtime;
+pub mod server;
+pub mod store;

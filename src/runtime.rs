@@ -1,0 +1,545 @@
+//! The runtime core: accepts executions, queues them under the concurrency limit in arrival
+//! order, hands them to an executor, and turns what the executor reports into status changes.
+//! `Runtime::transition` is the one function through which every status change goes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, LogLimits};
+use crate::domain::{
+    self, Agent, Event, ExecError, Execution, Runtime as AgentRuntime, Status, Wei, now_ms,
+};
+use crate::events::{Follow, Recorder};
+use crate::executor::{Executor, Exit, Job, ProcessExecutor, RunOutcome};
+use crate::hub::Hub;
+use crate::store::{
+    ExecutionFilter, NewExecution, RunStats, SqliteStore, Store, StoreError, Transition,
+    TransitionOutcome,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("agent {0:?} not found")]
+    AgentNotFound(String),
+    #[error("execution {0:?} not found")]
+    ExecutionNotFound(String),
+    #[error("{0:?} is not a valid {1} id")]
+    InvalidId(String, &'static str),
+    #[error("the input does not match the agent's input schema: {0}")]
+    InputRejected(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who is asking. A user sees only their own executions; an admin sees all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: String,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// The caller of a server with no API keys (open mode, loopback only).
+    pub fn local() -> Caller {
+        Caller {
+            user_id: "local".into(),
+            admin: true,
+        }
+    }
+
+    fn sees(&self, execution: &Execution) -> bool {
+        self.admin || execution.user_id == self.user_id
+    }
+}
+
+/// Why an execution is being stopped; the first reason given wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    Timeout,
+    Shutdown,
+}
+
+/// The runtime's grip on an execution that is queued or running.
+struct Handle {
+    stop: CancellationToken,
+    reason: OnceLock<StopReason>,
+    finished: CancellationToken,
+}
+
+impl Handle {
+    fn request_stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+}
+
+pub struct Runtime {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    process: ProcessExecutor,
+    permits: Arc<Semaphore>,
+    handles: Mutex<HashMap<String, Arc<Handle>>>,
+    tasks: TaskTracker,
+    log_limits: LogLimits,
+    kill_grace: Duration,
+    default_timeout_secs: u64,
+}
+
+impl Runtime {
+    /// Opens the store, registers the configured agents and recovers what a previous run left
+    /// unfinished: PENDING executions are queued again, RUNNING ones end as FAILED
+    /// (`runtime_restarted`), since their processes died with the previous run.
+    pub async fn start(config: &Config) -> Result<Arc<Runtime>> {
+        let hub = Arc::new(Hub::new());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+            &config.data_dir,
+            config.sync_commits,
+            hub.clone(),
+        )?);
+        let runtime = Arc::new(Runtime {
+            store,
+            hub,
+            process: ProcessExecutor {
+                scratch_root: scratch_root(config),
+                kill_grace: Duration::from_millis(config.kill_grace_ms),
+                sample_interval: Duration::from_millis(config.sample_interval_ms),
+                max_line_bytes: config.logs.max_line_bytes,
+            },
+            permits: Arc::new(Semaphore::new(config.max_concurrent_executions)),
+            handles: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            log_limits: config.logs,
+            kill_grace: Duration::from_millis(config.kill_grace_ms),
+            default_timeout_secs: config.default_timeout_secs,
+        });
+        for entry in &config.agents {
+            let agent = config.agent(entry).map_err(Error::Invalid)?;
+            runtime.store.put_agent(&agent, true, true).await?;
+        }
+        runtime.recover().await?;
+        Ok(runtime)
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        for execution in self.store.unfinished_executions().await? {
+            match execution.status {
+                Status::Running => {
+                    let error = ExecError::new(
+                        "runtime_restarted",
+                        "the runtime stopped while this execution was running",
+                    );
+                    self.transition(finish(
+                        &execution,
+                        Status::Failed,
+                        None,
+                        Some(error),
+                        None,
+                        None,
+                    ))
+                    .await?;
+                }
+                _ => self.enqueue(execution),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    // ---- agents ----
+
+    pub async fn create_agent(&self, caller: &Caller, agent: Agent) -> Result<Agent> {
+        if !caller.admin {
+            return Err(Error::Forbidden("only an admin may define agents".into()));
+        }
+        config::validate_agent(&agent).map_err(Error::Invalid)?;
+        match self.store.put_agent(&agent, false, false).await {
+            Err(StoreError::AlreadyExists(what)) => {
+                Err(Error::Conflict(format!("{what} already exists")))
+            }
+            other => Ok(other.map(|()| agent)?),
+        }
+    }
+
+    pub async fn agents(&self) -> Result<Vec<Agent>> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    pub async fn agent(&self, id: &str) -> Result<Agent> {
+        if domain::validate_agent_id(id).is_err() {
+            return Err(Error::InvalidId(id.to_owned(), "agent"));
+        }
+        match self.store.get_agent(id).await? {
+            Some((agent, _)) => Ok(agent),
+            None => Err(Error::AgentNotFound(id.to_owned())),
+        }
+    }
+
+    pub async fn delete_agent(&self, caller: &Caller, id: &str) -> Result<()> {
+        if !caller.admin {
+            return Err(Error::Forbidden("only an admin may delete agents".into()));
+        }
+        if domain::validate_agent_id(id).is_err() {
+            return Err(Error::InvalidId(id.to_owned(), "agent"));
+        }
+        match self.store.get_agent(id).await? {
+            None => Err(Error::AgentNotFound(id.to_owned())),
+            Some((_, true)) => Err(Error::Conflict(format!(
+                "agent {id:?} is defined in the configuration file; remove it there"
+            ))),
+            Some((_, false)) => {
+                self.store.delete_agent(id).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn revenue(&self, id: &str) -> Result<Wei> {
+        self.agent(id).await?;
+        Ok(self.store.revenue(id).await?)
+    }
+
+    pub fn default_timeout_secs(&self) -> u64 {
+        self.default_timeout_secs
+    }
+
+    // ---- executions ----
+
+    /// Durably records a PENDING execution and queues it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        agent_id: &str,
+        input: Value,
+    ) -> Result<Execution> {
+        if self.permits.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let agent = self.agent(agent_id).await?;
+        if let Some(schema) = &agent.input_schema {
+            let validator = jsonschema::validator_for(schema)
+                .map_err(|e| Error::Invalid(format!("the agent's input schema is invalid: {e}")))?;
+            let problems: Vec<String> = validator
+                .iter_errors(&input)
+                .take(5)
+                .map(|e| format!("{} (at {:?})", e, e.instance_path.to_string()))
+                .collect();
+            if !problems.is_empty() {
+                return Err(Error::InputRejected(problems.join("; ")));
+            }
+        }
+        let execution = self
+            .store
+            .create_execution(NewExecution {
+                id: domain::new_execution_id(),
+                agent,
+                user_id: caller.user_id.clone(),
+                input,
+                created_at: now_ms(),
+            })
+            .await?;
+        self.enqueue(execution.clone());
+        Ok(execution)
+    }
+
+    /// The execution, if it exists and the caller may see it; someone else's is "not found".
+    pub async fn execution(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        if !domain::is_valid_execution_id(id) {
+            return Err(Error::InvalidId(id.to_owned(), "execution"));
+        }
+        self.store
+            .get_execution(id)
+            .await?
+            .filter(|e| caller.sees(e))
+            .ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
+    }
+
+    pub async fn executions(
+        &self,
+        caller: &Caller,
+        mut filter: ExecutionFilter,
+    ) -> Result<Vec<Execution>> {
+        if !caller.admin {
+            filter.user_id = Some(caller.user_id.clone());
+        }
+        Ok(self.store.list_executions(filter).await?)
+    }
+
+    pub async fn events(
+        &self,
+        caller: &Caller,
+        id: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let execution = self.execution(caller, id).await?;
+        Ok(self.store.events(execution.key, since, limit).await?)
+    }
+
+    /// Every event after `since`, stored then live, until the final status.
+    pub async fn follow(&self, caller: &Caller, id: &str, since: u64) -> Result<Follow> {
+        let execution = self.execution(caller, id).await?;
+        Ok(Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?)
+    }
+
+    /// Cancels a queued or running execution and waits (boundedly) until it has ended.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        let execution = self.execution(caller, id).await?;
+        let handle = self.handles.lock().unwrap().get(id).cloned();
+        let Some(handle) = handle else {
+            if !execution.status.is_terminal() {
+                // Queued work is parked while the runtime shuts down.
+                return Err(Error::ShuttingDown);
+            }
+            return Err(Error::Conflict(format!(
+                "execution {id} has already finished with status {}",
+                execution.status
+            )));
+        };
+        handle.request_stop(StopReason::Cancelled);
+        let wait = self.kill_grace + Duration::from_secs(5);
+        let _ = tokio::time::timeout(wait, handle.finished.cancelled()).await;
+        self.execution(caller, id).await
+    }
+
+    /// Applies a status change — the one way any execution's status changes. The store checks it
+    /// against the status machine atomically, so of two racing changes exactly one wins.
+    pub async fn transition(&self, transition: Transition) -> Result<TransitionOutcome> {
+        let (key, to) = (transition.key, transition.to);
+        let outcome = self.store.transition(transition).await?;
+        tracing::debug!(key, %to, ?outcome, "transition");
+        Ok(outcome)
+    }
+
+    fn enqueue(self: &Arc<Self>, execution: Execution) {
+        let handle = Arc::new(Handle {
+            stop: CancellationToken::new(),
+            reason: OnceLock::new(),
+            finished: CancellationToken::new(),
+        });
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(execution.execution_id.clone(), handle.clone());
+        let runtime = self.clone();
+        self.tasks.spawn(async move {
+            let id = execution.execution_id.clone();
+            if let Err(e) = runtime.drive(execution, &handle).await {
+                tracing::error!(execution = %id, error = %e, "execution failed to complete");
+            }
+            runtime.handles.lock().unwrap().remove(&id);
+            handle.finished.cancel();
+        });
+    }
+
+    /// Waits for a slot, runs the execution, records how it ended.
+    async fn drive(&self, execution: Execution, handle: &Handle) -> Result<()> {
+        let permit = tokio::select! {
+            biased;
+            _ = handle.stop.cancelled() => {
+                if handle.reason.get() == Some(&StopReason::Cancelled) {
+                    let cancelled = ExecError::new("cancelled", "cancelled before it started");
+                    self.transition(finish(&execution, Status::Cancelled, None, Some(cancelled), None, None))
+                        .await?;
+                }
+                return Ok(());
+            }
+            permit = self.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // Shutting down: it stays PENDING and runs after the restart.
+                Err(_) => return Ok(()),
+            },
+        };
+        let started = Transition {
+            key: execution.key,
+            to: Status::Running,
+            at: now_ms(),
+            output: None,
+            error: None,
+            exit_code: None,
+            stats: None,
+        };
+        if self.transition(started).await? != TransitionOutcome::Applied {
+            return Ok(());
+        }
+
+        let recorder = Arc::new(Recorder::new(
+            execution.key,
+            self.store.clone(),
+            self.log_limits,
+        ));
+        let job = Job {
+            execution_id: execution.execution_id.clone(),
+            agent: execution.agent.clone(),
+            input: execution.input.clone(),
+        };
+        let executor: &dyn Executor = match execution.agent.runtime {
+            AgentRuntime::Process { .. } => &self.process,
+        };
+        let timeout = Duration::from_secs(execution.agent.timeout_secs);
+        let run = executor.run(&job, recorder.clone(), handle.stop.clone());
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(timeout) => {
+                handle.request_stop(StopReason::Timeout);
+                run.await
+            }
+        };
+        drop(permit);
+
+        let stats = Some(recorder.stats());
+        let end = match outcome {
+            RunOutcome::NotStarted(error) => (Status::Failed, None, Some(error), None),
+            RunOutcome::Stopped { exit } => {
+                let reason = handle
+                    .reason
+                    .get()
+                    .copied()
+                    .unwrap_or(StopReason::Cancelled);
+                stopped(reason, exit, execution.agent.timeout_secs)
+            }
+            RunOutcome::Exited { exit, output } => exited(exit, output),
+        };
+        let (status, output, error, exit_code) = end;
+        self.transition(finish(&execution, status, output, error, exit_code, stats))
+            .await?;
+        Ok(())
+    }
+
+    /// Stops taking new work, lets running executions finish within `grace`, stops the rest
+    /// and waits until everything they wrote is committed. Queued executions stay PENDING and
+    /// run after the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.permits.close();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            let running: Vec<_> = self.handles.lock().unwrap().values().cloned().collect();
+            tracing::warn!(
+                count = running.len(),
+                "stopping executions still running after the grace period"
+            );
+            for handle in running {
+                handle.request_stop(StopReason::Shutdown);
+            }
+            let _ =
+                tokio::time::timeout(self.kill_grace + Duration::from_secs(5), self.tasks.wait())
+                    .await;
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final flush of the store failed");
+        }
+    }
+
+    pub async fn ping_store(&self) -> Result<()> {
+        Ok(self.store.ping().await?)
+    }
+}
+
+fn scratch_root(config: &Config) -> PathBuf {
+    config.data_dir.join("runs")
+}
+
+fn finish(
+    execution: &Execution,
+    status: Status,
+    output: Option<Value>,
+    error: Option<ExecError>,
+    exit_code: Option<i32>,
+    stats: Option<RunStats>,
+) -> Transition {
+    Transition {
+        key: execution.key,
+        to: status,
+        at: now_ms(),
+        output,
+        error,
+        exit_code,
+        stats,
+    }
+}
+
+type End = (Status, Option<Value>, Option<ExecError>, Option<i32>);
+
+fn exited(exit: Exit, output: Result<Option<Value>, String>) -> End {
+    match (exit, output) {
+        (Exit::Code(0), Ok(output)) => (Status::Completed, output, None, Some(0)),
+        (Exit::Code(0), Err(problem)) => (
+            Status::Failed,
+            None,
+            Some(ExecError::new("invalid_output", problem)),
+            Some(0),
+        ),
+        (Exit::Code(code), _) => (
+            Status::Failed,
+            None,
+            Some(ExecError::new(
+                "exit_code",
+                format!("the agent exited with code {code}"),
+            )),
+            Some(code),
+        ),
+        (Exit::Signal(signal), _) => (
+            Status::Failed,
+            None,
+            Some(ExecError::new(
+                "signal",
+                format!("the agent was killed by signal {signal}"),
+            )),
+            None,
+        ),
+    }
+}
+
+fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> End {
+    let code = exit.code();
+    match reason {
+        StopReason::Cancelled => (
+            Status::Cancelled,
+            None,
+            Some(ExecError::new("cancelled", "cancelled while running")),
+            code,
+        ),
+        StopReason::Timeout => (
+            Status::Failed,
+            None,
+            Some(ExecError::new(
+                "timeout",
+                format!("the agent exceeded its timeout of {timeout_secs} s"),
+            )),
+            code,
+        ),
+        StopReason::Shutdown => (
+            Status::Failed,
+            None,
+            Some(ExecError::new(
+                "runtime_shutdown",
+                "the runtime shut down while this execution was running",
+            )),
+            code,
+        ),
+    }
+}

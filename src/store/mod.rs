@@ -1,0 +1,121 @@
+//! Durable state: agents, executions and every execution's event stream. The `Store` trait is the
+//! seam for a shared database later; `sqlite` is the embedded implementation. Only this module
+//! knows SQL.
+//!
+//! The store is also where an event becomes visible: it publishes each event to the hub only
+//! after the transaction that holds it has committed, so anything a reader saw is durable.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::domain::{Agent, EpochMs, EventKind, ExecError, Execution, Status, Wei};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("cannot open the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new event on its way to the store; `seq` is assigned by the store on append.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub data: Box<RawValue>,
+    pub timestamp: EpochMs,
+}
+
+#[derive(Debug)]
+pub struct NewExecution {
+    pub id: String,
+    pub agent: Agent,
+    pub user_id: String,
+    pub input: Value,
+    pub created_at: EpochMs,
+}
+
+/// Figures an executor gathered over a run, recorded with the final status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunStats {
+    pub peak_memory_bytes: Option<u64>,
+    pub peak_cpu_percent: Option<f64>,
+    pub log_lines: u64,
+    pub log_lines_dropped: u64,
+}
+
+/// A requested status change. The store applies it only if the status machine allows it from
+/// the execution's current status, atomically with its `status` event.
+#[derive(Debug)]
+pub struct Transition {
+    pub key: i64,
+    pub to: Status,
+    pub at: EpochMs,
+    pub output: Option<Value>,
+    pub error: Option<ExecError>,
+    pub exit_code: Option<i32>,
+    pub stats: Option<RunStats>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransitionOutcome {
+    Applied,
+    /// The execution was already in this status, which does not allow the change.
+    Refused(Status),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ExecutionFilter {
+    pub agent_id: Option<String>,
+    pub status: Option<Status>,
+    pub user_id: Option<String>,
+    /// Only executions older than this store key (the pagination cursor).
+    pub before_key: Option<i64>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts an agent; `replace` overwrites one with the same id instead of failing.
+    async fn put_agent(&self, agent: &Agent, from_config: bool, replace: bool) -> Result<()>;
+    async fn delete_agent(&self, id: &str) -> Result<bool>;
+    async fn get_agent(&self, id: &str) -> Result<Option<(Agent, bool)>>;
+    async fn list_agents(&self) -> Result<Vec<Agent>>;
+
+    /// Durably creates a PENDING execution together with its first event (seq 1).
+    async fn create_execution(&self, new: NewExecution) -> Result<Execution>;
+    async fn transition(&self, transition: Transition) -> Result<TransitionOutcome>;
+    /// Appends events in order. Waits only when the write queue is full (backpressure); the
+    /// events become visible to readers once committed. Events for a finished execution are
+    /// discarded.
+    async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()>;
+    /// Waits until everything queued before this call is committed.
+    async fn flush(&self) -> Result<()>;
+
+    async fn get_execution(&self, id: &str) -> Result<Option<Execution>>;
+    async fn list_executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>>;
+    /// Executions left PENDING or RUNNING, oldest first: what a restart must recover.
+    async fn unfinished_executions(&self) -> Result<Vec<Execution>>;
+    async fn events(&self, key: i64, since: u64, limit: usize)
+    -> Result<Vec<crate::domain::Event>>;
+    /// Sum of the prices of an agent's completed executions, exact.
+    async fn revenue(&self, agent_id: &str) -> Result<Wei>;
+    /// A real round trip to the database, for readiness.
+    async fn ping(&self) -> Result<()>;
+}
