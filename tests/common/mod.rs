@@ -1,0 +1,298 @@
+//! Test support: a real server on port 0 (in-process, or as the real binary for crash tests),
+//! a real HTTP client, and shell-script agents.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentnexus::config::{Config, ConfigAgent};
+use agentnexus::domain::Runtime;
+use agentnexus::server::Server;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A config for tests: port 0, a fresh data directory, fast sampling and kill grace.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        sample_interval_ms: 100,
+        kill_grace_ms: 500,
+        shutdown_grace_secs: 2,
+        ..Config::default()
+    }
+}
+
+/// An agent that runs `script` with `sh -c`.
+pub fn sh_agent(id: &str, price_wei: &str, script: &str) -> ConfigAgent {
+    ConfigAgent {
+        id: id.into(),
+        name: format!("Agent {id}"),
+        price_wei: price_wei.parse().unwrap(),
+        timeout_secs: None,
+        input_schema: None,
+        runtime: Runtime::Process {
+            command: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Default::default(),
+            workdir: None,
+        },
+    }
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub url: String,
+    pub client: Client,
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start(agents: Vec<ConfigAgent>) -> TestServer {
+        Self::start_with(agents, |_| {}).await
+    }
+
+    pub async fn start_with(agents: Vec<ConfigAgent>, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.agents = agents;
+        tweak(&mut config);
+        let server = Server::start(config).await.expect("server starts");
+        let url = format!("http://{}", server.addr());
+        TestServer {
+            server: Some(server),
+            client: Client::new(&url),
+            url,
+            dir,
+        }
+    }
+
+    pub fn runtime(&self) -> &std::sync::Arc<agentnexus::runtime::Runtime> {
+        self.server.as_ref().unwrap().runtime()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// A thin JSON client over real HTTP.
+#[derive(Clone)]
+pub struct Client {
+    pub url: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(url: &str) -> Client {
+        Client {
+            url: url.to_owned(),
+            http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn auth(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.auth(self.http.get(format!("{}{path}", self.url))).send().await.unwrap();
+        read(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let request = self.http.post(format!("{}{path}", self.url)).json(&body);
+        read(self.auth(request).send().await.unwrap()).await
+    }
+
+    /// POST with a raw body and content type, for malformed-input cases.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body);
+        read(self.auth(request).send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.auth(self.http.delete(format!("{}{path}", self.url))).send().await.unwrap();
+        read(response).await
+    }
+
+    /// Submits an execution and returns its id.
+    pub async fn submit(&self, agent: &str, input: Value) -> String {
+        let (status, body) = self.post("/api/executions", json!({ "agentId": agent, "input": input })).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["status"], "PENDING");
+        body["executionId"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn execution(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/executions/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Polls until the execution reaches a terminal status (or `within` passes).
+    pub async fn wait_terminal(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let execution = self.execution(id).await;
+            let status = execution["status"].as_str().unwrap().to_owned();
+            if matches!(status.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
+                return execution;
+            }
+            assert!(Instant::now() < deadline, "{id} still {status} after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, wanted: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let execution = self.execution(id).await;
+            if execution["status"] == wanted {
+                return execution;
+            }
+            assert!(Instant::now() < deadline, "{id} never became {wanted}: {execution}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every event of an execution, read page by page from the REST endpoint.
+    pub async fn all_events(&self, id: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut since = 0;
+        loop {
+            let (status, body) = self
+                .get(&format!("/api/executions/{id}/events?since={since}&limit=10000"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let page = body["events"].as_array().unwrap().clone();
+            let Some(last) = page.last() else { return events };
+            since = last["seq"].as_u64().unwrap();
+            events.extend(page);
+        }
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// The log lines of an event list, in order.
+pub fn log_lines(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "log")
+        .map(|e| e["data"]["log"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asserts the seqs are exactly 1..=n.
+pub fn assert_gapless(events: &[Value]) {
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["seq"].as_u64().unwrap(), i as u64 + 1, "gap or duplicate at index {i}");
+    }
+}
+
+/// The real `agentnexus` binary running `serve`, for tests that kill it.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `agentnexus serve --config <config>` and waits until it logs its address.
+    pub fn spawn(config: &Path) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentnexus"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap().to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                eprintln!("[server] {line}");
+            }
+        });
+        let addr: SocketAddr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server logs its address")
+            .parse()
+            .unwrap();
+        ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+            addr,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a TOML config file for `ServerProcess`.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("agentnexus.toml");
+    let text = format!(
+        "bind = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nsample_interval_ms = 100\nkill_grace_ms = 500\nshutdown_grace_secs = 2\n{extra}",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
