@@ -13,12 +13,14 @@ use crate::domain::{
     Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, now_ms,
 };
 use crate::hub::{Batch, Hub};
+use crate::metrics::Metrics;
 use crate::store::{self, NewEvent, RunStats, Store};
 
 /// Writes one running execution's events. Shared by the tasks that read the agent's streams.
 pub struct Recorder {
-    key: i64,
+    execution: Execution,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     limits: LogLimits,
     started: Instant,
     tally: Mutex<Tally>,
@@ -34,10 +36,16 @@ struct Tally {
 }
 
 impl Recorder {
-    pub fn new(key: i64, store: Arc<dyn Store>, limits: LogLimits) -> Recorder {
+    pub fn new(
+        execution: &Execution,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        limits: LogLimits,
+    ) -> Recorder {
         Recorder {
-            key,
+            execution: execution.clone(),
             store,
+            metrics,
             limits,
             started: Instant::now(),
             tally: Mutex::new(Tally::default()),
@@ -49,8 +57,10 @@ impl Recorder {
     pub async fn logs(&self, stream: LogStream, lines: Vec<String>) -> store::Result<()> {
         let timestamp = now_ms();
         let mut events = Vec::with_capacity(lines.len());
-        {
+        let offered = lines.len() as u64;
+        let dropped = {
             let mut tally = self.tally.lock().unwrap();
+            let dropped_before = tally.dropped;
             for line in lines {
                 let over = tally.lines >= self.limits.max_lines
                     || tally.bytes + line.len() as u64 > self.limits.max_bytes;
@@ -69,11 +79,18 @@ impl Recorder {
                 tally.bytes += line.len() as u64;
                 events.push(log_event(stream, line, timestamp));
             }
-        }
+            tally.dropped - dropped_before
+        };
+        self.metrics.log_lines(offered - dropped, 0, dropped);
         if events.is_empty() {
             return Ok(());
         }
-        self.store.append(self.key, events).await
+        self.store.append(self.execution.key, events).await
+    }
+
+    /// Counts lines that were cut at the line length cap (reported by the line splitter).
+    pub fn truncated_lines(&self, count: u64) {
+        self.metrics.log_lines(0, count, 0);
     }
 
     pub async fn metrics(&self, memory_usage: u64, cpu_usage: f64) -> store::Result<()> {
@@ -82,13 +99,15 @@ impl Recorder {
             tally.peak_memory = tally.peak_memory.max(Some(memory_usage));
             tally.peak_cpu = Some(tally.peak_cpu.map_or(cpu_usage, |p| p.max(cpu_usage)));
         }
+        self.metrics
+            .resource_sample(&self.execution, memory_usage, cpu_usage);
         let data = EventData::Metrics(MetricsData {
             memory_usage,
             cpu_usage: (cpu_usage * 10.0).round() / 10.0,
             duration: self.started.elapsed().as_millis() as u64,
         });
         let event = new_event(EventKind::Metrics, &data, now_ms());
-        self.store.append(self.key, vec![event]).await
+        self.store.append(self.execution.key, vec![event]).await
     }
 
     pub fn stats(&self) -> RunStats {

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod events;
 pub mod executor;
 pub mod hub;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -19,6 +19,7 @@ use crate::domain::{
 use crate::events::{Follow, Recorder};
 use crate::executor::{Executor, Exit, Job, ProcessExecutor, RunOutcome};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::store::{
     ExecutionFilter, NewExecution, RunStats, SqliteStore, Store, StoreError, Transition,
     TransitionOutcome,
@@ -94,6 +95,7 @@ impl Handle {
 pub struct Runtime {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     process: ProcessExecutor,
     permits: Arc<Semaphore>,
     handles: Mutex<HashMap<String, Arc<Handle>>>,
@@ -117,6 +119,7 @@ impl Runtime {
         let runtime = Arc::new(Runtime {
             store,
             hub,
+            metrics: Arc::new(Metrics::new()),
             process: ProcessExecutor {
                 scratch_root: scratch_root(config),
                 kill_grace: Duration::from_millis(config.kill_grace_ms),
@@ -134,8 +137,16 @@ impl Runtime {
             let agent = config.agent(entry).map_err(Error::Invalid)?;
             runtime.store.put_agent(&agent, true, true).await?;
         }
+        for agent in runtime.store.list_agents().await? {
+            let revenue = runtime.store.revenue(&agent.id).await?;
+            runtime.metrics.set_revenue(&agent.id, &agent.name, revenue.0);
+        }
         runtime.recover().await?;
         Ok(runtime)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
@@ -146,15 +157,8 @@ impl Runtime {
                         "runtime_restarted",
                         "the runtime stopped while this execution was running",
                     );
-                    self.transition(finish(
-                        &execution,
-                        Status::Failed,
-                        None,
-                        Some(error),
-                        None,
-                        None,
-                    ))
-                    .await?;
+                    let change = Change::to(Status::Failed).error(error);
+                    self.transition(&execution, Status::Running, change).await?;
                 }
                 _ => self.enqueue(execution),
             }
@@ -258,6 +262,7 @@ impl Runtime {
                 created_at: now_ms(),
             })
             .await?;
+        self.metrics.submitted(&execution);
         self.enqueue(execution.clone());
         Ok(execution)
     }
@@ -322,13 +327,31 @@ impl Runtime {
         self.execution(caller, id).await
     }
 
-    /// Applies a status change — the one way any execution's status changes. The store checks it
-    /// against the status machine atomically, so of two racing changes exactly one wins.
-    pub async fn transition(&self, transition: Transition) -> Result<TransitionOutcome> {
-        let (key, to) = (transition.key, transition.to);
-        let outcome = self.store.transition(transition).await?;
-        tracing::debug!(key, %to, ?outcome, "transition");
-        Ok(outcome)
+    /// Applies a status change — the one way any execution's status changes. The store applies
+    /// it only if the execution is still in status `from`, atomically with its event, so of two
+    /// racing changes exactly one wins. Returns whether this one did.
+    async fn transition(&self, execution: &Execution, from: Status, change: Change) -> Result<bool> {
+        let to = change.to;
+        let outcome = self
+            .store
+            .transition(Transition {
+                key: execution.key,
+                from,
+                to,
+                at: now_ms(),
+                output: change.output,
+                error: change.error,
+                exit_code: change.exit_code,
+                stats: change.stats,
+            })
+            .await?;
+        tracing::debug!(execution = %execution.execution_id, %from, %to, ?outcome, "transition");
+        let applied = outcome == TransitionOutcome::Applied;
+        if applied {
+            let ran_for = change.ran_for.map(|d| d.as_secs_f64());
+            self.metrics.transitioned(execution, to, ran_for);
+        }
+        Ok(applied)
     }
 
     fn enqueue(self: &Arc<Self>, execution: Execution) {
@@ -354,38 +377,43 @@ impl Runtime {
 
     /// Waits for a slot, runs the execution, records how it ended.
     async fn drive(&self, execution: Execution, handle: &Handle) -> Result<()> {
+        self.metrics.queued();
         let permit = tokio::select! {
             biased;
             _ = handle.stop.cancelled() => {
+                self.metrics.dequeued();
                 if handle.reason.get() == Some(&StopReason::Cancelled) {
                     let cancelled = ExecError::new("cancelled", "cancelled before it started");
-                    self.transition(finish(&execution, Status::Cancelled, None, Some(cancelled), None, None))
-                        .await?;
+                    let change = Change::to(Status::Cancelled).error(cancelled);
+                    self.transition(&execution, Status::Pending, change).await?;
                 }
                 return Ok(());
             }
             permit = self.permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+                Ok(permit) => {
+                    self.metrics.dequeued();
+                    permit
+                }
                 // Shutting down: it stays PENDING and runs after the restart.
-                Err(_) => return Ok(()),
+                Err(_) => {
+                    self.metrics.dequeued();
+                    return Ok(());
+                }
             },
         };
-        let started = Transition {
-            key: execution.key,
-            to: Status::Running,
-            at: now_ms(),
-            output: None,
-            error: None,
-            exit_code: None,
-            stats: None,
-        };
-        if self.transition(started).await? != TransitionOutcome::Applied {
+        if !self
+            .transition(&execution, Status::Pending, Change::to(Status::Running))
+            .await?
+        {
             return Ok(());
         }
+        let started = Instant::now();
+        let _running = self.metrics.running(&execution);
 
         let recorder = Arc::new(Recorder::new(
-            execution.key,
+            &execution,
             self.store.clone(),
+            self.metrics.clone(),
             self.log_limits,
         ));
         let job = Job {
@@ -408,9 +436,8 @@ impl Runtime {
         };
         drop(permit);
 
-        let stats = Some(recorder.stats());
-        let end = match outcome {
-            RunOutcome::NotStarted(error) => (Status::Failed, None, Some(error), None),
+        let mut change = match outcome {
+            RunOutcome::NotStarted(error) => Change::to(Status::Failed).error(error),
             RunOutcome::Stopped { exit } => {
                 let reason = handle
                     .reason
@@ -421,9 +448,9 @@ impl Runtime {
             }
             RunOutcome::Exited { exit, output } => exited(exit, output),
         };
-        let (status, output, error, exit_code) = end;
-        self.transition(finish(&execution, status, output, error, exit_code, stats))
-            .await?;
+        change.stats = Some(recorder.stats());
+        change.ran_for = Some(started.elapsed());
+        self.transition(&execution, Status::Running, change).await?;
         Ok(())
     }
 
@@ -463,83 +490,67 @@ fn scratch_root(config: &Config) -> PathBuf {
     config.data_dir.join("runs")
 }
 
-fn finish(
-    execution: &Execution,
-    status: Status,
+/// A status change the runtime asks for, with what comes with it.
+#[derive(Debug, Default)]
+struct Change {
+    to: Status,
     output: Option<Value>,
     error: Option<ExecError>,
     exit_code: Option<i32>,
     stats: Option<RunStats>,
-) -> Transition {
-    Transition {
-        key: execution.key,
-        to: status,
-        at: now_ms(),
-        output,
-        error,
-        exit_code,
-        stats,
+    /// How long the agent ran, for the duration histogram.
+    ran_for: Option<Duration>,
+}
+
+impl Change {
+    fn to(status: Status) -> Change {
+        Change {
+            to: status,
+            ..Change::default()
+        }
+    }
+
+    fn error(mut self, error: ExecError) -> Change {
+        self.error = Some(error);
+        self
     }
 }
 
-type End = (Status, Option<Value>, Option<ExecError>, Option<i32>);
-
-fn exited(exit: Exit, output: Result<Option<Value>, String>) -> End {
-    match (exit, output) {
-        (Exit::Code(0), Ok(output)) => (Status::Completed, output, None, Some(0)),
-        (Exit::Code(0), Err(problem)) => (
-            Status::Failed,
-            None,
-            Some(ExecError::new("invalid_output", problem)),
-            Some(0),
-        ),
-        (Exit::Code(code), _) => (
-            Status::Failed,
-            None,
-            Some(ExecError::new(
-                "exit_code",
-                format!("the agent exited with code {code}"),
-            )),
-            Some(code),
-        ),
-        (Exit::Signal(signal), _) => (
-            Status::Failed,
-            None,
-            Some(ExecError::new(
-                "signal",
-                format!("the agent was killed by signal {signal}"),
-            )),
-            None,
-        ),
-    }
+fn exited(exit: Exit, output: Result<Option<Value>, String>) -> Change {
+    let mut change = match (exit, output) {
+        (Exit::Code(0), Ok(output)) => Change {
+            output,
+            ..Change::to(Status::Completed)
+        },
+        (Exit::Code(0), Err(problem)) => {
+            Change::to(Status::Failed).error(ExecError::new("invalid_output", problem))
+        }
+        (Exit::Code(code), _) => Change::to(Status::Failed).error(ExecError::new(
+            "exit_code",
+            format!("the agent exited with code {code}"),
+        )),
+        (Exit::Signal(signal), _) => Change::to(Status::Failed).error(ExecError::new(
+            "signal",
+            format!("the agent was killed by signal {signal}"),
+        )),
+    };
+    change.exit_code = exit.code();
+    change
 }
 
-fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> End {
-    let code = exit.code();
-    match reason {
-        StopReason::Cancelled => (
-            Status::Cancelled,
-            None,
-            Some(ExecError::new("cancelled", "cancelled while running")),
-            code,
-        ),
-        StopReason::Timeout => (
-            Status::Failed,
-            None,
-            Some(ExecError::new(
-                "timeout",
-                format!("the agent exceeded its timeout of {timeout_secs} s"),
-            )),
-            code,
-        ),
-        StopReason::Shutdown => (
-            Status::Failed,
-            None,
-            Some(ExecError::new(
-                "runtime_shutdown",
-                "the runtime shut down while this execution was running",
-            )),
-            code,
-        ),
-    }
+fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> Change {
+    let mut change = match reason {
+        StopReason::Cancelled => Change::to(Status::Cancelled)
+            .error(ExecError::new("cancelled", "cancelled while running")),
+        StopReason::Timeout => Change::to(Status::Failed).error(ExecError::new(
+            "timeout",
+            format!("the agent exceeded its timeout of {timeout_secs} s"),
+        )),
+        StopReason::Shutdown => Change::to(Status::Failed).error(ExecError::new(
+            "runtime_shutdown",
+            "the runtime shut down while this execution was running",
+        )),
+    };
+    change.exit_code = exit.code();
+    change
 }

@@ -34,14 +34,16 @@ async fn server() -> TestServer {
     server
 }
 
-/// Each case: a request, and the status and code it must get.
+/// A request (what it tests, path, content type, body) and the status and code it must get.
+type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, StatusCode, &'a str);
+
 #[tokio::test]
 async fn every_bad_request_is_refused_without_changing_anything() {
     let server = server().await;
     let client = &server.client;
     let before = snapshot(client).await;
     let big = "x".repeat(100 * 1024);
-    let cases: Vec<(&str, &str, &str, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // (what, path, content type, body, status, code)
         ("malformed JSON", "/api/executions", "application/json", b"{\"agentId\": ".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
         ("not JSON at all", "/api/executions", "application/json", b"hello".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),

@@ -14,6 +14,7 @@ pub struct LineReader<R> {
     overflow: usize,
     max_line_bytes: usize,
     eof: bool,
+    truncated: u64,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -25,6 +26,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             overflow: 0,
             max_line_bytes,
             eof: false,
+            truncated: 0,
         }
     }
 
@@ -57,6 +59,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// How many lines so far were cut at the cap.
+    pub fn truncated_lines(&self) -> u64 {
+        self.truncated
+    }
+
     /// Adds `chunk[from..to]` to the current line, within the cap.
     fn append(&mut self, from: usize, to: usize) {
         let room = self.max_line_bytes.saturating_sub(self.current.len());
@@ -76,6 +83,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
         if self.overflow > 0 {
+            self.truncated += 1;
             line.push_str(&format!(
                 " … [line truncated: {} more bytes]",
                 self.overflow

@@ -216,6 +216,7 @@ async fn pump(
             }
         }
     }
+    recorder.truncated_lines(reader.truncated_lines());
     last_json
 }
 

@@ -60,11 +60,12 @@ pub struct RunStats {
     pub log_lines_dropped: u64,
 }
 
-/// A requested status change. The store applies it only if the status machine allows it from
-/// the execution's current status, atomically with its `status` event.
+/// A requested status change. The store applies it only if the execution is in status `from`
+/// and the status machine allows `from → to`, atomically with its `status` event.
 #[derive(Debug)]
 pub struct Transition {
     pub key: i64,
+    pub from: Status,
     pub to: Status,
     pub at: EpochMs,
     pub output: Option<Value>,
@@ -76,7 +77,7 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionOutcome {
     Applied,
-    /// The execution was already in this status, which does not allow the change.
+    /// The execution was in this status instead, or the change is not allowed.
     Refused(Status),
 }
 

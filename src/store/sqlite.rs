@@ -728,7 +728,7 @@ fn transition_to(
             t.key
         )));
     };
-    if !state.status.can_become(t.to) {
+    if state.status != t.from || !t.from.can_become(t.to) {
         return Ok(TransitionOutcome::Refused(state.status));
     }
     let stats = t.stats.unwrap_or_default();

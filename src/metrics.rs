@@ -1,0 +1,543 @@
+//! Prometheus metrics: the spec's metric set with its exact names, types and labels, plus what
+//! operators need beyond it. Fed by the runtime at the points where the events happen
+//! (submission, status changes, resource samples, log ingestion, HTTP requests); rendered in
+//! the classic text format, OpenMetrics, or prom-client's JSON shape.
+//!
+//! Cardinality is bounded by design: the only label that names an execution is on the two
+//! per-execution resource gauges, and those series are removed when the execution ends.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value, json};
+
+use crate::domain::{Execution, Status};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmittedLabels {
+    agent_id: String,
+    agent_name: String,
+    user_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    agent_id: String,
+    agent_name: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+    agent_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    agent_id: String,
+    agent_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    execution_id: String,
+    agent_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Execution durations from a tenth of a second to an hour: long agent runs stay resolvable.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+const HTTP_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+const LAG_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+pub struct Metrics {
+    registry: Registry,
+    executions: Family<SubmittedLabels, Counter>,
+    duration: Family<DurationLabels, Histogram>,
+    statuses: Family<StatusLabels, Counter>,
+    running: Family<AgentLabels, Gauge>,
+    revenue: Family<AgentLabels, FloatGauge>,
+    pub websocket_connections: Gauge,
+    pub docker_healthy: Gauge,
+    container_memory: Family<ResourceLabels, Gauge>,
+    container_cpu: Family<ResourceLabels, FloatGauge>,
+    pub database_healthy: Gauge,
+    queue_depth: Gauge,
+    pub websocket_messages_sent: Counter,
+    pub websocket_slow_consumers: Counter,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    log_lines: Counter,
+    log_lines_truncated: Counter,
+    log_lines_dropped: Counter,
+    scheduling_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let executions = Family::default();
+        let duration =
+            Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let statuses = Family::default();
+        let running = Family::default();
+        let revenue = Family::default();
+        let websocket_connections = Gauge::default();
+        let docker_healthy = Gauge::default();
+        let container_memory = Family::default();
+        let container_cpu = Family::default();
+        let database_healthy = Gauge::default();
+        let queue_depth = Gauge::default();
+        let websocket_messages_sent = Counter::default();
+        let websocket_slow_consumers = Counter::default();
+        let http_requests = Family::default();
+        let http_duration =
+            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(HTTP_BUCKETS));
+        let log_lines = Counter::default();
+        let log_lines_truncated = Counter::default();
+        let log_lines_dropped = Counter::default();
+        let scheduling_lag = Histogram::new(LAG_BUCKETS);
+
+        // Counters get their `_total` suffix from the encoder.
+        registry.register("agentnexus_executions", "Total agent executions", executions.clone());
+        registry.register(
+            "agentnexus_execution_duration_seconds",
+            "Execution duration distribution",
+            duration.clone(),
+        );
+        registry.register(
+            "agentnexus_execution_status",
+            "Executions by final status",
+            statuses.clone(),
+        );
+        registry.register(
+            "agentnexus_agent_running_executions",
+            "Currently running executions",
+            running.clone(),
+        );
+        // A gauge, not a counter: the spec names it without `_total`, and it holds the exact
+        // lifetime total from the store (as a float), not a count since this process started.
+        registry.register(
+            "agentnexus_agent_revenue_wei",
+            "Total revenue per agent in wei (float; exact figure at /api/agents/{id}/revenue)",
+            revenue.clone(),
+        );
+        registry.register(
+            "agentnexus_active_websocket_connections",
+            "Active WS connections",
+            websocket_connections.clone(),
+        );
+        registry.register(
+            "agentnexus_docker_healthy",
+            "Docker health (1=healthy)",
+            docker_healthy.clone(),
+        );
+        registry.register(
+            "agentnexus_container_memory_bytes",
+            "Container memory usage",
+            container_memory.clone(),
+        );
+        registry.register(
+            "agentnexus_container_cpu_percent",
+            "Container CPU usage",
+            container_cpu.clone(),
+        );
+        registry.register(
+            "agentnexus_database_healthy",
+            "Database health (1=healthy), as of the last readiness check",
+            database_healthy.clone(),
+        );
+        registry.register(
+            "agentnexus_execution_queue_depth",
+            "Executions waiting for a slot (PENDING)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "agentnexus_websocket_messages_sent",
+            "WebSocket messages sent to clients",
+            websocket_messages_sent.clone(),
+        );
+        registry.register(
+            "agentnexus_websocket_slow_consumer_disconnects",
+            "WebSocket clients closed because they could not keep up",
+            websocket_slow_consumers.clone(),
+        );
+        registry.register(
+            "agentnexus_http_requests",
+            "HTTP requests by route template and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "agentnexus_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            http_duration.clone(),
+        );
+        registry.register(
+            "agentnexus_log_lines_ingested",
+            "Log lines stored",
+            log_lines.clone(),
+        );
+        registry.register(
+            "agentnexus_log_lines_truncated",
+            "Log lines cut at the line length cap",
+            log_lines_truncated.clone(),
+        );
+        registry.register(
+            "agentnexus_log_lines_dropped",
+            "Log lines counted but not stored, over an execution's log budget",
+            log_lines_dropped.clone(),
+        );
+        registry.register(
+            "agentnexus_runtime_scheduling_lag_seconds",
+            "Delay of a periodic timer task beyond its due time: the async runtime's counterpart of the event loop lag",
+            scheduling_lag.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(AsyncRuntimeCollector));
+
+        Metrics {
+            registry,
+            executions,
+            duration,
+            statuses,
+            running,
+            revenue,
+            websocket_connections,
+            docker_healthy,
+            container_memory,
+            container_cpu,
+            database_healthy,
+            queue_depth,
+            websocket_messages_sent,
+            websocket_slow_consumers,
+            http_requests,
+            http_duration,
+            log_lines,
+            log_lines_truncated,
+            log_lines_dropped,
+            scheduling_lag,
+        }
+    }
+
+    pub fn submitted(&self, execution: &Execution) {
+        self.executions
+            .get_or_create(&SubmittedLabels {
+                agent_id: execution.agent_id.clone(),
+                agent_name: execution.agent_name.clone(),
+                user_id: execution.user_id.clone(),
+            })
+            .inc();
+    }
+
+    pub fn queued(&self) {
+        self.queue_depth.inc();
+    }
+
+    pub fn dequeued(&self) {
+        self.queue_depth.dec();
+    }
+
+    /// Counts an execution as running until the returned guard is dropped.
+    pub fn running(&self, execution: &Execution) -> RunningGuard {
+        let gauge = self.running.get_or_create_owned(&agent_labels(execution));
+        gauge.inc();
+        RunningGuard(gauge)
+    }
+
+    /// Records an applied status change; `run_seconds` is how long the agent ran, if it did.
+    pub fn transitioned(&self, execution: &Execution, to: Status, run_seconds: Option<f64>) {
+        if !to.is_terminal() {
+            return;
+        }
+        let agent = agent_labels(execution);
+        self.container_memory.remove(&resource_labels(execution));
+        self.container_cpu.remove(&resource_labels(execution));
+        self.statuses
+            .get_or_create(&StatusLabels {
+                status: to.as_str(),
+                agent_id: execution.agent_id.clone(),
+            })
+            .inc();
+        if let Some(seconds) = run_seconds {
+            self.duration
+                .get_or_create(&DurationLabels {
+                    agent_id: agent.agent_id.clone(),
+                    agent_name: agent.agent_name.clone(),
+                    status: to.as_str(),
+                })
+                .observe(seconds);
+        }
+        if to == Status::Completed && execution.price_wei.0 > 0 {
+            self.revenue
+                .get_or_create(&agent)
+                .inc_by(execution.price_wei.0 as f64);
+        }
+    }
+
+    /// Sets an agent's revenue gauge to a known total (at start-up, from the store).
+    pub fn set_revenue(&self, agent_id: &str, agent_name: &str, wei: u128) {
+        let labels = AgentLabels {
+            agent_id: agent_id.to_owned(),
+            agent_name: agent_name.to_owned(),
+        };
+        self.revenue.get_or_create(&labels).set(wei as f64);
+    }
+
+    pub fn resource_sample(&self, execution: &Execution, memory_bytes: u64, cpu_percent: f64) {
+        let labels = resource_labels(execution);
+        self.container_memory
+            .get_or_create(&labels)
+            .set(memory_bytes.min(i64::MAX as u64) as i64);
+        self.container_cpu.get_or_create(&labels).set(cpu_percent);
+    }
+
+    pub fn log_lines(&self, stored: u64, truncated: u64, dropped: u64) {
+        self.log_lines.inc_by(stored);
+        self.log_lines_truncated.inc_by(truncated);
+        self.log_lines_dropped.inc_by(dropped);
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn scheduling_lag(&self, seconds: f64) {
+        self.scheduling_lag.observe(seconds);
+    }
+
+    /// The Prometheus text format, version 0.0.4.
+    pub fn render_text(&self) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The OpenMetrics text format.
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The same content as `render_text`, as prom-client's `getMetricsAsJSON` shape:
+    /// `[{name, help, type, values: [{labels, value, metricName?}]}]`.
+    pub fn render_json(&self) -> Value {
+        text_to_json(&self.render_text())
+    }
+}
+
+/// Decrements the running gauge when the execution's driver is done with it.
+pub struct RunningGuard(Gauge);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn agent_labels(execution: &Execution) -> AgentLabels {
+    AgentLabels {
+        agent_id: execution.agent_id.clone(),
+        agent_name: execution.agent_name.clone(),
+    }
+}
+
+fn resource_labels(execution: &Execution) -> ResourceLabels {
+    ResourceLabels {
+        execution_id: execution.execution_id.clone(),
+        agent_id: execution.agent_id.clone(),
+    }
+}
+
+/// Converts the classic text exposition into JSON. Deriving the JSON from the text keeps the two
+/// endpoints in agreement by construction.
+fn text_to_json(text: &str) -> Value {
+    let mut families: Vec<Map<String, Value>> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let mut family = Map::new();
+            family.insert("name".into(), json!(name));
+            family.insert("help".into(), json!(unescape_help(help)));
+            family.insert("type".into(), json!("untyped"));
+            family.insert("values".into(), json!([]));
+            families.push(family);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let (Some(family), Some((_, kind))) = (families.last_mut(), rest.split_once(' ')) {
+                family.insert("type".into(), json!(kind));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let Some(family) = families.last_mut() else { continue };
+            let Some((metric_name, labels, value)) = parse_sample(line) else {
+                continue;
+            };
+            let mut sample = json!({ "labels": labels, "value": value });
+            if family["name"] != metric_name.as_str() {
+                sample["metricName"] = json!(metric_name);
+            }
+            family
+                .get_mut("values")
+                .and_then(Value::as_array_mut)
+                .expect("inserted above")
+                .push(sample);
+        }
+    }
+    Value::Array(families.into_iter().map(Value::Object).collect())
+}
+
+fn unescape_help(help: &str) -> String {
+    help.replace("\\n", "\n").replace("\\\\", "\\")
+}
+
+/// `name{a="x",b="y"} value` → (name, {a: x, b: y}, value).
+fn parse_sample(line: &str) -> Option<(String, Map<String, Value>, Value)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let mut labels = Map::new();
+    let name = match head.split_once('{') {
+        None => head.to_owned(),
+        Some((name, rest)) => {
+            let mut rest = rest.strip_suffix('}')?;
+            while !rest.is_empty() {
+                let (key, after) = rest.split_once("=\"")?;
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    let (i, c) = chars.next()?;
+                    match c {
+                        '\\' => match chars.next()?.1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        '"' => break i,
+                        c => value.push(c),
+                    }
+                };
+                labels.insert(key.to_owned(), Value::String(value));
+                rest = after[end + 1..].trim_start_matches(',');
+            }
+            name.to_owned()
+        }
+    };
+    let number = match value {
+        "+Inf" => json!("+Inf"),
+        "-Inf" => json!("-Inf"),
+        "NaN" => json!("NaN"),
+        v => serde_json::from_str::<f64>(v).ok().map(|f| json!(f))?,
+    };
+    Some((name, labels, number))
+}
+
+/// The standard `process_*` metrics, read at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = metrics_process::collector::collect();
+        if let Some(v) = m.cpu_seconds_total {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, Option<u64>); 7] = [
+            ("process_open_fds", "Number of open file descriptors", m.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors", m.max_fds),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes", m.virtual_memory_bytes),
+            (
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes",
+                m.virtual_memory_max_bytes,
+            ),
+            ("process_resident_memory_bytes", "Resident memory size in bytes", m.resident_memory_bytes),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                m.start_time_seconds,
+            ),
+            ("process_threads", "Number of OS threads in the process", m.threads),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v.min(i64::MAX as u64) as i64);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tokio's own figures: the counterpart of the spec's Node.js active handles.
+#[derive(Debug)]
+struct AsyncRuntimeCollector;
+
+impl Collector for AsyncRuntimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let m = handle.metrics();
+        let gauges = [
+            ("agentnexus_runtime_workers", "Worker threads of the async runtime", m.num_workers()),
+            ("agentnexus_runtime_alive_tasks", "Tasks alive in the async runtime", m.num_alive_tasks()),
+            (
+                "agentnexus_runtime_global_queue_depth",
+                "Tasks waiting in the async runtime's global queue",
+                m.global_queue_depth(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
