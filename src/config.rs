@@ -50,6 +50,11 @@ pub struct Config {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     pub logs: LogLimits,
+    pub health: HealthConfig,
+    pub docker: DockerConfig,
+    /// Also serve `/metrics` and `/metrics/json` on this separate address (e.g. kept off the
+    /// public port); they stay on the main listener too.
+    pub metrics_bind: Option<SocketAddr>,
     pub agents: Vec<ConfigAgent>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -67,6 +72,9 @@ impl Default for Config {
             sync_commits: true,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
+            health: HealthConfig::default(),
+            docker: DockerConfig::default(),
+            metrics_bind: None,
             agents: Vec::new(),
             api_keys: Vec::new(),
         }
@@ -90,6 +98,48 @@ impl Default for LogLimits {
             max_line_bytes: 16 * 1024,
             max_lines: 2_000_000,
             max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Each readiness check answers within this, whatever the dependency does.
+    pub check_timeout_ms: u64,
+    /// The memory the process may use; by default the cgroup limit, else the machine's memory.
+    pub memory_limit_bytes: Option<u64>,
+    /// Include internal error details in readiness answers (they are always logged).
+    pub expose_details: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check_timeout_ms: 2000,
+            memory_limit_bytes: None,
+            expose_details: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Whether this deployment uses Docker at all.
+    pub enabled: bool,
+    /// Daemon address (`unix:///…` or `tcp://…`); default `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+    /// Interval of the background health probe.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            enabled: true,
+            host: None,
+            probe_interval_ms: 5000,
         }
     }
 }
@@ -197,6 +247,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024".into());
+        }
+        if self.health.check_timeout_ms == 0 || self.docker.probe_interval_ms < 100 {
+            return invalid("health.check_timeout_ms must be positive and docker.probe_interval_ms at least 100".into());
         }
         if self.default_timeout_secs == 0 {
             return invalid("default_timeout_secs must be at least 1".into());

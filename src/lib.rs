@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod config;
+pub mod docker;
 pub mod domain;
 pub mod events;
 pub mod executor;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod runtime;

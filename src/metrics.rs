@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::{Map, Value, json};
 
-use crate::domain::{Execution, Status};
+use crate::domain::{Agent, Execution, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubmittedLabels {
@@ -108,8 +108,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let executions = Family::default();
-        let duration =
-            Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
         let statuses = Family::default();
         let running = Family::default();
         let revenue = Family::default();
@@ -130,7 +131,11 @@ impl Metrics {
         let scheduling_lag = Histogram::new(LAG_BUCKETS);
 
         // Counters get their `_total` suffix from the encoder.
-        registry.register("agentnexus_executions", "Total agent executions", executions.clone());
+        registry.register(
+            "agentnexus_executions",
+            "Total agent executions",
+            executions.clone(),
+        );
         registry.register(
             "agentnexus_execution_duration_seconds",
             "Execution duration distribution",
@@ -305,13 +310,34 @@ impl Metrics {
         }
     }
 
-    /// Sets an agent's revenue gauge to a known total (at start-up, from the store).
-    pub fn set_revenue(&self, agent_id: &str, agent_name: &str, wei: u128) {
+    /// Creates an agent's series at zero (for each user that can run it), and sets its revenue
+    /// gauge to its known total. A series that first appears with a non-zero value hides that
+    /// increase from `rate()` and `increase()`; one that starts at zero does not.
+    pub fn register_agent(&self, agent: &Agent, users: &[String], revenue_wei: u128) {
         let labels = AgentLabels {
-            agent_id: agent_id.to_owned(),
-            agent_name: agent_name.to_owned(),
+            agent_id: agent.id.clone(),
+            agent_name: agent.name.clone(),
         };
-        self.revenue.get_or_create(&labels).set(wei as f64);
+        for user in users {
+            let _ = self.executions.get_or_create(&SubmittedLabels {
+                agent_id: agent.id.clone(),
+                agent_name: agent.name.clone(),
+                user_id: user.clone(),
+            });
+        }
+        for status in [Status::Completed, Status::Failed, Status::Cancelled] {
+            let _ = self.statuses.get_or_create(&StatusLabels {
+                status: status.as_str(),
+                agent_id: agent.id.clone(),
+            });
+            let _ = self.duration.get_or_create(&DurationLabels {
+                agent_id: agent.id.clone(),
+                agent_name: agent.name.clone(),
+                status: status.as_str(),
+            });
+        }
+        let _ = self.running.get_or_create(&labels);
+        self.revenue.get_or_create(&labels).set(revenue_wei as f64);
     }
 
     pub fn resource_sample(&self, execution: &Execution, memory_bytes: u64, cpu_percent: f64) {
@@ -412,7 +438,9 @@ fn text_to_json(text: &str) -> Value {
                 family.insert("type".into(), json!(kind));
             }
         } else if !line.starts_with('#') && !line.is_empty() {
-            let Some(family) = families.last_mut() else { continue };
+            let Some(family) = families.last_mut() else {
+                continue;
+            };
             let Some((metric_name, labels, value)) = parse_sample(line) else {
                 continue;
             };
@@ -467,7 +495,7 @@ fn parse_sample(line: &str) -> Option<(String, Map<String, Value>, Value)> {
         "+Inf" => json!("+Inf"),
         "-Inf" => json!("-Inf"),
         "NaN" => json!("NaN"),
-        v => serde_json::from_str::<f64>(v).ok().map(|f| json!(f))?,
+        v => json!(v.parse::<f64>().ok()?),
     };
     Some((name, labels, number))
 }
@@ -489,21 +517,41 @@ impl Collector for ProcessCollector {
             )?)?;
         }
         let gauges: [(&str, &str, Option<u64>); 7] = [
-            ("process_open_fds", "Number of open file descriptors", m.open_fds),
-            ("process_max_fds", "Maximum number of open file descriptors", m.max_fds),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes", m.virtual_memory_bytes),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                m.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                m.max_fds,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                m.virtual_memory_bytes,
+            ),
             (
                 "process_virtual_memory_max_bytes",
                 "Maximum amount of virtual memory available in bytes",
                 m.virtual_memory_max_bytes,
             ),
-            ("process_resident_memory_bytes", "Resident memory size in bytes", m.resident_memory_bytes),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                m.resident_memory_bytes,
+            ),
             (
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",
                 m.start_time_seconds,
             ),
-            ("process_threads", "Number of OS threads in the process", m.threads),
+            (
+                "process_threads",
+                "Number of OS threads in the process",
+                m.threads,
+            ),
         ];
         for (name, help, value) in gauges {
             if let Some(v) = value {
@@ -526,8 +574,16 @@ impl Collector for AsyncRuntimeCollector {
         };
         let m = handle.metrics();
         let gauges = [
-            ("agentnexus_runtime_workers", "Worker threads of the async runtime", m.num_workers()),
-            ("agentnexus_runtime_alive_tasks", "Tasks alive in the async runtime", m.num_alive_tasks()),
+            (
+                "agentnexus_runtime_workers",
+                "Worker threads of the async runtime",
+                m.num_workers(),
+            ),
+            (
+                "agentnexus_runtime_alive_tasks",
+                "Tasks alive in the async runtime",
+                m.num_alive_tasks(),
+            ),
             (
                 "agentnexus_runtime_global_queue_depth",
                 "Tasks waiting in the async runtime's global queue",

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, LogLimits};
+use crate::docker::DockerProbe;
 use crate::domain::{
     self, Agent, Event, ExecError, Execution, Runtime as AgentRuntime, Status, Wei, now_ms,
 };
@@ -96,6 +97,7 @@ pub struct Runtime {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    docker: Arc<DockerProbe>,
     process: ProcessExecutor,
     permits: Arc<Semaphore>,
     handles: Mutex<HashMap<String, Arc<Handle>>>,
@@ -103,6 +105,8 @@ pub struct Runtime {
     log_limits: LogLimits,
     kill_grace: Duration,
     default_timeout_secs: u64,
+    /// Every user that can submit executions, for metric series created ahead of use.
+    users: Vec<String>,
 }
 
 impl Runtime {
@@ -116,10 +120,12 @@ impl Runtime {
             config.sync_commits,
             hub.clone(),
         )?);
+        let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(Runtime {
             store,
             hub,
-            metrics: Arc::new(Metrics::new()),
+            docker: Arc::new(DockerProbe::new(&config.docker, metrics.clone())),
+            metrics,
             process: ProcessExecutor {
                 scratch_root: scratch_root(config),
                 kill_grace: Duration::from_millis(config.kill_grace_ms),
@@ -132,6 +138,7 @@ impl Runtime {
             log_limits: config.logs,
             kill_grace: Duration::from_millis(config.kill_grace_ms),
             default_timeout_secs: config.default_timeout_secs,
+            users: known_users(config),
         });
         for entry in &config.agents {
             let agent = config.agent(entry).map_err(Error::Invalid)?;
@@ -139,7 +146,9 @@ impl Runtime {
         }
         for agent in runtime.store.list_agents().await? {
             let revenue = runtime.store.revenue(&agent.id).await?;
-            runtime.metrics.set_revenue(&agent.id, &agent.name, revenue.0);
+            runtime
+                .metrics
+                .register_agent(&agent, &runtime.users, revenue.0);
         }
         runtime.recover().await?;
         Ok(runtime)
@@ -147,6 +156,10 @@ impl Runtime {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn docker(&self) -> &Arc<DockerProbe> {
+        &self.docker
     }
 
     async fn recover(self: &Arc<Self>) -> Result<()> {
@@ -181,7 +194,11 @@ impl Runtime {
             Err(StoreError::AlreadyExists(what)) => {
                 Err(Error::Conflict(format!("{what} already exists")))
             }
-            other => Ok(other.map(|()| agent)?),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                self.metrics.register_agent(&agent, &self.users, 0);
+                Ok(agent)
+            }
         }
     }
 
@@ -330,7 +347,12 @@ impl Runtime {
     /// Applies a status change — the one way any execution's status changes. The store applies
     /// it only if the execution is still in status `from`, atomically with its event, so of two
     /// racing changes exactly one wins. Returns whether this one did.
-    async fn transition(&self, execution: &Execution, from: Status, change: Change) -> Result<bool> {
+    async fn transition(
+        &self,
+        execution: &Execution,
+        from: Status,
+        change: Change,
+    ) -> Result<bool> {
         let to = change.to;
         let outcome = self
             .store
@@ -484,6 +506,16 @@ impl Runtime {
     pub async fn ping_store(&self) -> Result<()> {
         Ok(self.store.ping().await?)
     }
+}
+
+fn known_users(config: &Config) -> Vec<String> {
+    if config.api_keys.is_empty() {
+        return vec![Caller::local().user_id];
+    }
+    let mut users: Vec<String> = config.api_keys.iter().map(|k| k.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    users
 }
 
 fn scratch_root(config: &Config) -> PathBuf {

@@ -29,6 +29,7 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     runtime: Arc<Runtime>,
+    draining: CancellationToken,
     stop_accepting: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     shutdown_grace: Duration,
@@ -54,23 +55,43 @@ impl Server {
                 "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only)"
             );
         }
+        let draining = CancellationToken::new();
         let state = AppState {
             runtime: runtime.clone(),
             auth,
+            health: Arc::new(config.health.clone()),
             started,
+            draining: draining.clone(),
         };
-        let app = api::router(state, config.max_body_bytes);
         let stop_accepting = CancellationToken::new();
-        let stop = stop_accepting.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        if let Some(metrics_addr) = config.metrics_bind {
+            let listener =
+                TcpListener::bind(metrics_addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: metrics_addr,
+                        source,
+                    })?;
+            let app = api::metrics_router().with_state(state.clone());
+            tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "metrics listening");
+            tokio::spawn(serve(listener, app, stop_accepting.clone()));
+        }
+        let app = api::router(state, config.max_body_bytes);
+        let http = tokio::spawn(serve(listener, app, stop_accepting.clone()));
+        runtime.docker().clone().spawn_background(
+            Duration::from_millis(config.docker.probe_interval_ms),
+            Duration::from_millis(config.health.check_timeout_ms),
+            stop_accepting.clone(),
+        );
+        tokio::spawn(measure_scheduling_lag(
+            runtime.clone(),
+            stop_accepting.clone(),
+        ));
         tracing::info!(%addr, data_dir = %config.data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "agentnexus listening");
         Ok(Server {
             addr,
             runtime,
+            draining,
             stop_accepting,
             http,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
@@ -85,14 +106,41 @@ impl Server {
         &self.runtime
     }
 
-    /// Graceful shutdown: stop accepting requests, let running executions finish within the
-    /// grace period, stop the rest, and commit everything.
+    /// Graceful shutdown: readiness fails at once (so load balancers stop sending work) while
+    /// the API keeps serving; running executions finish within the grace period, the rest are
+    /// stopped; then the listener closes and everything is committed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
-        self.stop_accepting.cancel();
+        self.draining.cancel();
         self.runtime.shutdown(self.shutdown_grace).await;
+        self.stop_accepting.cancel();
         // In-flight requests had the whole grace period; do not wait on them forever.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
         tracing::info!("stopped");
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// How late a periodic timer fires: when the async runtime is starved (blocking work on its
+/// threads, CPU saturation), every request and stream is late by about as much.
+async fn measure_scheduling_lag(runtime: Arc<Runtime>, stop: CancellationToken) {
+    const PERIOD: Duration = Duration::from_millis(100);
+    loop {
+        let due = Instant::now() + PERIOD;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(due.into()) => {}
+        }
+        let lag = Instant::now().saturating_duration_since(due);
+        runtime.metrics().scheduling_lag(lag.as_secs_f64());
     }
 }

@@ -6,6 +6,7 @@ mod agents;
 mod error;
 mod executions;
 mod health;
+mod metrics;
 
 pub use error::ApiError;
 
@@ -14,20 +15,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Query};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, MatchedPath, Query, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, HealthConfig};
 use crate::runtime::{Caller, Runtime};
 
 #[derive(Clone)]
 pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub auth: Arc<Auth>,
+    pub health: Arc<HealthConfig>,
     pub started: Instant,
+    /// Cancelled when shutdown begins: readiness fails from then on.
+    pub draining: CancellationToken,
 }
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
@@ -122,8 +129,43 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .merge(metrics_router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_request,
+        ))
         .with_state(state)
+}
+
+/// `/metrics` and `/metrics/json`, also served alone on the optional metrics listener.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics::text))
+        .route("/metrics/json", get(metrics::json))
+}
+
+/// Counts every request by route template (never the raw path: ids would explode the series).
+async fn track_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    state.runtime.metrics().http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }

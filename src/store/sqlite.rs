@@ -312,13 +312,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Opens a fresh connection (so a vanished or unreadable database shows) and makes a round
+    /// trip through the writer (so a stuck writer shows).
     async fn ping(&self) -> Result<()> {
-        self.readers
-            .read(|conn| {
-                conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-                Ok(())
-            })
-            .await
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.query_row("SELECT count(*) FROM executions", [], |_| Ok(()))?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        self.flush().await
     }
 }
 
