@@ -38,7 +38,8 @@ fn main() {
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
                 use std::io::{Read, Write};
-                s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
                 let mut response = String::new();
                 let _ = s.read_to_string(&mut response);
                 if response.starts_with("HTTP/1.1 200") {

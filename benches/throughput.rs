@@ -45,7 +45,11 @@ async fn main() {
             let server = server.clone();
             async move {
                 let id = server.client.submit("trivial", json!({})).await;
-                let mut follow = server.runtime().follow(&Caller::local(), &id, 0).await.unwrap();
+                let mut follow = server
+                    .runtime()
+                    .follow(&Caller::local(), &id, 0)
+                    .await
+                    .unwrap();
                 let mut last = None;
                 while let Some(event) = follow.next().await.unwrap() {
                     last = event.status();

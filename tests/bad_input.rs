@@ -16,7 +16,10 @@ async fn snapshot(client: &Client) -> (Value, Value) {
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(!body["error"]["message"].as_str().unwrap().is_empty(), "{body}");
+    assert!(
+        !body["error"]["message"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
 }
 
 async fn server() -> TestServer {
@@ -30,7 +33,10 @@ async fn server() -> TestServer {
     let server = TestServer::start_with(vec![agent], |c| c.max_body_bytes = 64 * 1024).await;
     // One real execution, so "nothing changed" is checked against a non-empty state.
     let id = server.client.submit("strict", json!({"n": 1})).await;
-    server.client.wait_terminal(&id, std::time::Duration::from_secs(20)).await;
+    server
+        .client
+        .wait_terminal(&id, std::time::Duration::from_secs(20))
+        .await;
     server
 }
 
@@ -80,22 +86,102 @@ async fn bad_ids_and_queries_in_urls_are_refused() {
     let client = &server.client;
     let before = snapshot(client).await;
     let cases = [
-        ("GET", "/api/executions/not-an-id", StatusCode::BAD_REQUEST, "invalid_id"),
-        ("GET", "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8", StatusCode::NOT_FOUND, "execution_not_found"),
-        ("POST", "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8/cancel", StatusCode::NOT_FOUND, "execution_not_found"),
-        ("GET", "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8/events", StatusCode::NOT_FOUND, "execution_not_found"),
-        ("GET", "/api/agents/ghost", StatusCode::NOT_FOUND, "agent_not_found"),
-        ("GET", "/api/agents/bad%20id", StatusCode::BAD_REQUEST, "invalid_id"),
-        ("GET", "/api/agents/ghost/revenue", StatusCode::NOT_FOUND, "agent_not_found"),
-        ("DELETE", "/api/agents/ghost", StatusCode::NOT_FOUND, "agent_not_found"),
-        ("DELETE", "/api/agents/strict", StatusCode::CONFLICT, "conflict"),
-        ("GET", "/api/executions?status=DONE", StatusCode::BAD_REQUEST, "invalid_query"),
-        ("GET", "/api/executions?limit=0", StatusCode::BAD_REQUEST, "invalid_query"),
-        ("GET", "/api/executions?limit=many", StatusCode::BAD_REQUEST, "invalid_query"),
-        ("GET", "/api/executions?cursor=-4", StatusCode::BAD_REQUEST, "invalid_query"),
-        ("GET", "/api/executions?colour=red", StatusCode::BAD_REQUEST, "invalid_query"),
-        ("GET", "/api/nothing-here", StatusCode::NOT_FOUND, "not_found"),
-        ("PUT", "/api/agents", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            "GET",
+            "/api/executions/not-an-id",
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            "GET",
+            "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8",
+            StatusCode::NOT_FOUND,
+            "execution_not_found",
+        ),
+        (
+            "POST",
+            "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8/cancel",
+            StatusCode::NOT_FOUND,
+            "execution_not_found",
+        ),
+        (
+            "GET",
+            "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8/events",
+            StatusCode::NOT_FOUND,
+            "execution_not_found",
+        ),
+        (
+            "GET",
+            "/api/agents/ghost",
+            StatusCode::NOT_FOUND,
+            "agent_not_found",
+        ),
+        (
+            "GET",
+            "/api/agents/bad%20id",
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            "GET",
+            "/api/agents/ghost/revenue",
+            StatusCode::NOT_FOUND,
+            "agent_not_found",
+        ),
+        (
+            "DELETE",
+            "/api/agents/ghost",
+            StatusCode::NOT_FOUND,
+            "agent_not_found",
+        ),
+        (
+            "DELETE",
+            "/api/agents/strict",
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            "GET",
+            "/api/executions?status=DONE",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/executions?limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/executions?limit=many",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/executions?cursor=-4",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/executions?colour=red",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/nothing-here",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/api/agents",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
     ];
     let http = reqwest::Client::new();
     for (method, path, status, code) in cases {
@@ -107,13 +193,19 @@ async fn bad_ids_and_queries_in_urls_are_refused() {
         let got_status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_error(got_status, &body, status, code);
-        assert_eq!(snapshot(client).await, before, "{method} {path} changed the state");
+        assert_eq!(
+            snapshot(client).await,
+            before,
+            "{method} {path} changed the state"
+        );
     }
     // The events endpoint checks its query too.
     let (_, page) = client.get("/api/executions?limit=1").await;
     let id = page["executions"][0]["executionId"].as_str().unwrap();
     for query in ["since=-1", "since=abc", "limit=0", "limit=100000"] {
-        let (status, body) = client.get(&format!("/api/executions/{id}/events?{query}")).await;
+        let (status, body) = client
+            .get(&format!("/api/executions/{id}/events?{query}"))
+            .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
     }
 }

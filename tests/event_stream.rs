@@ -13,9 +13,17 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Everything a follower sees, as JSON values comparable with the REST endpoint's.
 async fn follow_all(server: &TestServer, id: &str, since: u64) -> Vec<Value> {
-    let mut follow = server.runtime().follow(&Caller::local(), id, since).await.unwrap();
+    let mut follow = server
+        .runtime()
+        .follow(&Caller::local(), id, since)
+        .await
+        .unwrap();
     let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(WAIT, follow.next()).await.expect("follow stalled").unwrap() {
+    while let Some(event) = tokio::time::timeout(WAIT, follow.next())
+        .await
+        .expect("follow stalled")
+        .unwrap()
+    {
         events.push(serde_json::to_value(&event).unwrap());
     }
     events
@@ -24,7 +32,8 @@ async fn follow_all(server: &TestServer, id: &str, since: u64) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_executions_each_get_a_gapless_ordered_stream() {
     // Each agent interleaves stdout and stderr lines; both streams' order must be kept.
-    let script = r#"i=1; while [ $i -le 200 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done"#;
+    let script =
+        r#"i=1; while [ $i -le 200 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done"#;
     let server = TestServer::start_with(vec![sh_agent("chatty", "1", script)], |c| {
         c.max_concurrent_executions = 100
     })
@@ -93,7 +102,11 @@ async fn followers_joining_before_during_and_after_see_every_event_once() {
     assert_eq!(after, stored);
     assert_eq!(resumed, stored[40..]);
     // A follower that has already seen everything ends at once.
-    assert!(follow_all(&server, &id, stored.len() as u64).await.is_empty());
+    assert!(
+        follow_all(&server, &id, stored.len() as u64)
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +121,11 @@ async fn many_followers_of_a_flood_each_get_the_complete_stream() {
         let id = id.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(i * 7)).await;
-            let mut follow = server.runtime().follow(&Caller::local(), &id, 0).await.unwrap();
+            let mut follow = server
+                .runtime()
+                .follow(&Caller::local(), &id, 0)
+                .await
+                .unwrap();
             let mut seqs = Vec::new();
             while let Some(event) = follow.next().await.unwrap() {
                 seqs.push(event.seq);
@@ -137,10 +154,18 @@ async fn long_lines_are_truncated_and_bad_utf8_is_kept() {
     let id = client.submit("odd", json!({})).await;
     client.wait_terminal(&id, WAIT).await;
     let lines = log_lines(&client.all_events(&id).await);
-    assert_eq!(lines.len(), 2, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+    assert_eq!(
+        lines.len(),
+        2,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
     assert!(lines[0].starts_with(&"a".repeat(16 * 1024)));
     assert!(lines[0].len() < 16 * 1024 + 100);
-    assert!(lines[0].ends_with(&format!("[line truncated: {} more bytes]", 100_000 - 16 * 1024)));
+    assert!(lines[0].ends_with(&format!(
+        "[line truncated: {} more bytes]",
+        100_000 - 16 * 1024
+    )));
     assert_eq!(lines[1], "caf\u{fffd} ok");
 }
 
@@ -164,5 +189,10 @@ async fn an_execution_over_its_log_budget_gets_one_marker_and_a_count() {
     let expected: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
     assert_eq!(log_lines(&events)[..100], expected[..]);
     assert_eq!(logs[100]["data"]["stream"], "system");
-    assert!(logs[100]["data"]["log"].as_str().unwrap().contains("log budget"));
+    assert!(
+        logs[100]["data"]["log"]
+            .as_str()
+            .unwrap()
+            .contains("log budget")
+    );
 }

@@ -46,7 +46,10 @@ async fn a_successful_agent_completes_with_its_last_json_line_as_output() {
         .map(|e| e["data"]["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["PENDING", "RUNNING", "COMPLETED"]);
-    assert_eq!(events.last().unwrap()["data"]["output"], json!({"answer": 42}));
+    assert_eq!(
+        events.last().unwrap()["data"]["output"],
+        json!({"answer": 42})
+    );
 }
 
 #[tokio::test]
@@ -66,7 +69,10 @@ async fn the_output_file_wins_over_stdout() {
     let broken = client.submit("broken", json!({})).await;
     let none = client.submit("none", json!({})).await;
 
-    assert_eq!(client.wait_terminal(&file, WAIT).await["output"], json!({"from": "file"}));
+    assert_eq!(
+        client.wait_terminal(&file, WAIT).await["output"],
+        json!({"from": "file"})
+    );
     let broken = client.wait_terminal(&broken, WAIT).await;
     assert_eq!(broken["status"], "FAILED");
     assert_eq!(broken["error"]["kind"], "invalid_output");
@@ -90,15 +96,28 @@ async fn a_non_zero_exit_fails_with_the_exit_code_and_tagged_streams() {
     assert_eq!(execution["status"], "FAILED");
     assert_eq!(execution["exitCode"], 3);
     assert_eq!(execution["error"]["kind"], "exit_code");
-    assert!(execution["error"]["message"].as_str().unwrap().contains('3'));
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains('3')
+    );
     let events = client.all_events(&id).await;
     let streams: Vec<_> = events
         .iter()
         .filter(|e| e["type"] == "log")
-        .map(|e| (e["data"]["stream"].as_str().unwrap(), e["data"]["log"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["data"]["stream"].as_str().unwrap(),
+                e["data"]["log"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert!(streams.contains(&("stdout", "working")), "{streams:?}");
-    assert!(streams.contains(&("stderr", "boom: model refused")), "{streams:?}");
+    assert!(
+        streams.contains(&("stderr", "boom: model refused")),
+        "{streams:?}"
+    );
     let last = events.last().unwrap();
     assert_eq!(last["data"]["status"], "FAILED");
     assert_eq!(last["data"]["error"]["kind"], "exit_code");
@@ -132,7 +151,12 @@ fn process_is_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // A zombie has already exited; it only waits for its (new) parent to reap it.
-        Ok(stat) => stat.rsplit(')').next().unwrap().trim_start().starts_with('Z'),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
     }
 }
 
@@ -147,7 +171,8 @@ async fn wait_gone(pids: &[i32]) {
 }
 
 /// Starts a child that ignores SIGTERM, and sleeps: only the kill of the whole group stops it.
-const STUBBORN_TREE: &str = r#"sh -c 'trap "" TERM; echo pid $$; while true; do sleep 0.1; done' & echo pid $$; sleep 300"#;
+const STUBBORN_TREE: &str =
+    r#"sh -c 'trap "" TERM; echo pid $$; while true; do sleep 0.1; done' & echo pid $$; sleep 300"#;
 
 async fn wait_for_pids(client: &Client, id: &str, n: usize) -> Vec<i32> {
     for _ in 0..200 {
@@ -184,14 +209,18 @@ async fn cancelling_a_running_execution_kills_the_whole_tree() {
     let id = client.submit("slow", json!({})).await;
     let pids = wait_for_pids(client, &id, 2).await;
 
-    let (status, body) = client.post(&format!("/api/executions/{id}/cancel"), json!({})).await;
+    let (status, body) = client
+        .post(&format!("/api/executions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "CANCELLED");
     assert_eq!(body["error"]["kind"], "cancelled");
     wait_gone(&pids).await;
 
     // A second cancel is a conflict and changes nothing.
-    let (status, body) = client.post(&format!("/api/executions/{id}/cancel"), json!({})).await;
+    let (status, body) = client
+        .post(&format!("/api/executions/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(client.execution(&id).await["status"], "CANCELLED");
 }
@@ -212,15 +241,23 @@ async fn cancelling_a_queued_execution_never_runs_it() {
     let queued = client.submit("marker", json!({})).await;
     assert_eq!(client.execution(&queued).await["status"], "PENDING");
 
-    let (status, body) = client.post(&format!("/api/executions/{queued}/cancel"), json!({})).await;
+    let (status, body) = client
+        .post(&format!("/api/executions/{queued}/cancel"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "CANCELLED");
     assert_eq!(body["startedAt"], json!(null));
 
-    assert_eq!(client.wait_terminal(&running, WAIT).await["status"], "COMPLETED");
+    assert_eq!(
+        client.wait_terminal(&running, WAIT).await["status"],
+        "COMPLETED"
+    );
     let events = client.all_events(&queued).await;
     assert!(log_lines(&events).is_empty(), "{events:?}");
-    let statuses: Vec<_> = events.iter().map(|e| e["data"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<_> = events
+        .iter()
+        .map(|e| e["data"]["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["PENDING", "CANCELLED"]);
 }
 
@@ -253,19 +290,35 @@ async fn cancel_racing_completion_ends_in_exactly_one_terminal_status() {
     let mut outcomes = std::collections::HashMap::new();
     for _ in 0..40 {
         let id = client.submit("instant", json!({})).await;
-        let (status, _) = client.post(&format!("/api/executions/{id}/cancel"), json!({})).await;
-        assert!(matches!(status, StatusCode::OK | StatusCode::CONFLICT), "{status}");
+        let (status, _) = client
+            .post(&format!("/api/executions/{id}/cancel"), json!({}))
+            .await;
+        assert!(
+            matches!(status, StatusCode::OK | StatusCode::CONFLICT),
+            "{status}"
+        );
         let execution = client.wait_terminal(&id, WAIT).await;
         let events = client.all_events(&id).await;
         common::assert_gapless(&events);
         let terminal: Vec<_> = events
             .iter()
-            .filter(|e| matches!(e["data"]["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED")))
+            .filter(|e| {
+                matches!(
+                    e["data"]["status"].as_str(),
+                    Some("COMPLETED" | "FAILED" | "CANCELLED")
+                )
+            })
             .collect();
         assert_eq!(terminal.len(), 1, "{events:?}");
         assert_eq!(terminal[0]["data"]["status"], execution["status"]);
-        assert_eq!(events.last().unwrap()["data"]["status"], execution["status"], "the terminal event is last");
-        *outcomes.entry(execution["status"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        assert_eq!(
+            events.last().unwrap()["data"]["status"],
+            execution["status"],
+            "the terminal event is last"
+        );
+        *outcomes
+            .entry(execution["status"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
     }
     assert!(!outcomes.contains_key("FAILED"), "{outcomes:?}");
 }
@@ -296,7 +349,11 @@ async fn revenue_is_the_exact_sum_over_completed_executions() {
 
 #[tokio::test]
 async fn executions_list_filters_and_paginates() {
-    let server = TestServer::start(vec![sh_agent("ok", "1", "true"), sh_agent("bad", "1", "exit 1")]).await;
+    let server = TestServer::start(vec![
+        sh_agent("ok", "1", "true"),
+        sh_agent("bad", "1", "exit 1"),
+    ])
+    .await;
     let client = &server.client;
     let mut ok_ids = Vec::new();
     for _ in 0..5 {
@@ -308,7 +365,12 @@ async fn executions_list_filters_and_paginates() {
     }
 
     let (_, page) = client.get("/api/executions?status=FAILED").await;
-    let ids: Vec<_> = page["executions"].as_array().unwrap().iter().map(|e| e["executionId"].clone()).collect();
+    let ids: Vec<_> = page["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["executionId"].clone())
+        .collect();
     assert_eq!(ids, [json!(bad)]);
 
     // Newest first, two at a time, following the cursor to the end.

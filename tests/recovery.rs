@@ -36,11 +36,17 @@ async fn a_killed_server_recovers_every_execution_and_loses_no_event() {
 
     let running = client.submit("slow", json!({})).await;
     client.wait_status(&running, "RUNNING", WAIT).await;
-    let queued = [client.submit("quick", json!({})).await, client.submit("quick", json!({})).await];
+    let queued = [
+        client.submit("quick", json!({})).await,
+        client.submit("quick", json!({})).await,
+    ];
     // Let it log for a while, then take a snapshot of what a reader could see, then crash.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen_before = client.all_events(&running).await;
-    assert!(log_lines(&seen_before).len() > 5, "the agent should have logged by now");
+    assert!(
+        log_lines(&seen_before).len() > 5,
+        "the agent should have logged by now"
+    );
     for id in &queued {
         assert_eq!(client.execution(id).await["status"], "PENDING");
     }
@@ -53,7 +59,11 @@ async fn a_killed_server_recovers_every_execution_and_loses_no_event() {
     assert_eq!(after["error"]["kind"], "runtime_restarted");
     let events = client.all_events(&running).await;
     assert_gapless(&events);
-    assert_eq!(events[..seen_before.len()], seen_before[..], "events readable before the crash changed");
+    assert_eq!(
+        events[..seen_before.len()],
+        seen_before[..],
+        "events readable before the crash changed"
+    );
     assert_eq!(events.last().unwrap()["data"]["status"], "FAILED");
 
     for id in &queued {
@@ -98,5 +108,8 @@ runtime = { type = "process", command = "sh", args = ["-c", "sleep 1; echo finis
     let execution = client.execution(&running).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
     assert_eq!(log_lines(&client.all_events(&running).await), ["finished"]);
-    assert_eq!(client.wait_terminal(&queued, WAIT).await["status"], "COMPLETED");
+    assert_eq!(
+        client.wait_terminal(&queued, WAIT).await["status"],
+        "COMPLETED"
+    );
 }

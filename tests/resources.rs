@@ -27,10 +27,21 @@ async fn an_agent_holding_100_mb_shows_that_peak() {
     assert!((100 << 20..200 << 20).contains(&peak), "peak {peak}");
     let events = client.all_events(&id).await;
     let samples = metrics(&events);
-    assert!(samples.len() >= 5, "one sample per 100 ms expected, got {}", samples.len());
-    let max_sample = samples.iter().map(|m| m["data"]["memoryUsage"].as_u64().unwrap()).max().unwrap();
+    assert!(
+        samples.len() >= 5,
+        "one sample per 100 ms expected, got {}",
+        samples.len()
+    );
+    let max_sample = samples
+        .iter()
+        .map(|m| m["data"]["memoryUsage"].as_u64().unwrap())
+        .max()
+        .unwrap();
     assert_eq!(max_sample, peak);
-    let durations: Vec<u64> = samples.iter().map(|m| m["data"]["duration"].as_u64().unwrap()).collect();
+    let durations: Vec<u64> = samples
+        .iter()
+        .map(|m| m["data"]["duration"].as_u64().unwrap())
+        .collect();
     assert!(durations.windows(2).all(|w| w[0] < w[1]), "{durations:?}");
 }
 
@@ -48,7 +59,10 @@ while time.time() < end:
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
 
     let events = client.all_events(&id).await;
-    let cpu: Vec<f64> = metrics(&events).iter().map(|m| m["data"]["cpuUsage"].as_f64().unwrap()).collect();
+    let cpu: Vec<f64> = metrics(&events)
+        .iter()
+        .map(|m| m["data"]["cpuUsage"].as_f64().unwrap())
+        .collect();
     // Skip the first samples (interpreter start-up); the loop itself is one busy core.
     let steady = &cpu[cpu.len().min(3)..];
     assert!(!steady.is_empty(), "{cpu:?}");

@@ -56,7 +56,10 @@ impl TestServer {
         Self::start_with(agents, |_| {}).await
     }
 
-    pub async fn start_with(agents: Vec<ConfigAgent>, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    pub async fn start_with(
+        agents: Vec<ConfigAgent>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         config.agents = agents;
@@ -114,7 +117,11 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.auth(self.http.get(format!("{}{path}", self.url))).send().await.unwrap();
+        let response = self
+            .auth(self.http.get(format!("{}{path}", self.url)))
+            .send()
+            .await
+            .unwrap();
         read(response).await
     }
 
@@ -124,7 +131,12 @@ impl Client {
     }
 
     /// POST with a raw body and content type, for malformed-input cases.
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let request = self
             .http
             .post(format!("{}{path}", self.url))
@@ -134,13 +146,22 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.auth(self.http.delete(format!("{}{path}", self.url))).send().await.unwrap();
+        let response = self
+            .auth(self.http.delete(format!("{}{path}", self.url)))
+            .send()
+            .await
+            .unwrap();
         read(response).await
     }
 
     /// Submits an execution and returns its id.
     pub async fn submit(&self, agent: &str, input: Value) -> String {
-        let (status, body) = self.post("/api/executions", json!({ "agentId": agent, "input": input })).await;
+        let (status, body) = self
+            .post(
+                "/api/executions",
+                json!({ "agentId": agent, "input": input }),
+            )
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["status"], "PENDING");
         body["executionId"].as_str().unwrap().to_owned()
@@ -161,7 +182,10 @@ impl Client {
             if matches!(status.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
                 return execution;
             }
-            assert!(Instant::now() < deadline, "{id} still {status} after {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} still {status} after {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -173,7 +197,10 @@ impl Client {
             if execution["status"] == wanted {
                 return execution;
             }
-            assert!(Instant::now() < deadline, "{id} never became {wanted}: {execution}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} never became {wanted}: {execution}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -184,11 +211,15 @@ impl Client {
         let mut since = 0;
         loop {
             let (status, body) = self
-                .get(&format!("/api/executions/{id}/events?since={since}&limit=10000"))
+                .get(&format!(
+                    "/api/executions/{id}/events?since={since}&limit=10000"
+                ))
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
             let page = body["events"].as_array().unwrap().clone();
-            let Some(last) = page.last() else { return events };
+            let Some(last) = page.last() else {
+                return events;
+            };
             since = last["seq"].as_u64().unwrap();
             events.extend(page);
         }
@@ -218,7 +249,11 @@ pub fn log_lines(events: &[Value]) -> Vec<String> {
 /// Asserts the seqs are exactly 1..=n.
 pub fn assert_gapless(events: &[Value]) {
     for (i, event) in events.iter().enumerate() {
-        assert_eq!(event["seq"].as_u64().unwrap(), i as u64 + 1, "gap or duplicate at index {i}");
+        assert_eq!(
+            event["seq"].as_u64().unwrap(),
+            i as u64 + 1,
+            "gap or duplicate at index {i}"
+        );
     }
 }
 
