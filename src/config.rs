@@ -200,7 +200,14 @@ impl Config {
             ]))
             .merge(Serialized::defaults(overrides));
         let mut config: Config = figment.extract()?;
-        if let Some(dir) = file.and_then(Path::parent) {
+        // A bare file name has an empty parent: the current directory.
+        if let Some(dir) = file.and_then(Path::parent).map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        }) {
             let dir = std::path::absolute(dir).map_err(|e| {
                 ConfigError::Invalid(format!("cannot resolve {}: {e}", dir.display()))
             })?;
@@ -360,6 +367,21 @@ mod tests {
             "bind = \"0.0.0.0:3001\"\n[[api_keys]]\nkey = \"0123456789abcdef\"\nuser = \"alice\"",
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn a_bare_file_name_is_relative_to_the_current_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bare.toml"),
+            "max_concurrent_executions = 3",
+        )
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.path()).unwrap();
+        let loaded = Config::load(Some(Path::new("bare.toml")), Overrides::default());
+        std::env::set_current_dir(cwd).unwrap();
+        assert_eq!(loaded.unwrap().max_concurrent_executions, 3);
     }
 
     #[test]

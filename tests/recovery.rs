@@ -81,7 +81,6 @@ async fn a_graceful_stop_lets_running_work_finish_and_keeps_queued_work() {
     let dir = tempfile::tempdir().unwrap();
     let agents = r#"
 max_concurrent_executions = 1
-shutdown_grace_secs = 10
 
 [[agents]]
 id = "short"

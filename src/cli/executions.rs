@@ -1,0 +1,221 @@
+//! `agentnexus run`, `ps` and `logs`: submitting executions, listing them and reading their
+//! event stream. Human output keeps stdout for the agent's own stdout (and the output JSON), and
+//! sends everything else to stderr, so `agentnexus run X --follow > out.txt` captures just that.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentnexus::domain::Status;
+use anyhow::{Context, anyhow};
+use serde_json::{Value, json};
+
+use super::client::Client;
+use super::output::{Spinner, dim, duration_ms, print_json, print_table, text};
+use super::{LogsArgs, PsArgs, RunArgs};
+
+const POLL: Duration = Duration::from_millis(200);
+const PAGE: usize = 1000;
+
+/// The exit code that mirrors an execution's final status.
+fn exit_code(status: Status) -> ExitCode {
+    match status {
+        Status::Completed => ExitCode::SUCCESS,
+        Status::Cancelled => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn status_of(execution: &Value) -> anyhow::Result<Status> {
+    let status = execution["status"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server's answer has no status: {execution}"))?;
+    status.parse().map_err(|e: String| anyhow!(e))
+}
+
+pub async fn run(client: &Client, args: &RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let body = json!({ "agentId": args.agent, "input": args.input });
+    let submitted = client.post(&["executions"], &body).await?;
+    let id = submitted["executionId"]
+        .as_str()
+        .with_context(|| format!("the server's answer has no executionId: {submitted}"))?;
+    if !args.wait && !args.follow {
+        if json {
+            print_json(&submitted);
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        // The id goes first, so a long execution can be looked at from elsewhere.
+        eprintln!("{}", dim(&format!("-- {id}")));
+    }
+    if args.follow {
+        return Ok(exit_code(follow(client, id, 0, json).await?));
+    }
+    let execution = wait(client, id).await?;
+    let status = status_of(&execution)?;
+    if json {
+        print_json(&execution);
+    } else {
+        if execution["durationMs"].is_null() {
+            eprintln!("{status}");
+        } else {
+            eprintln!("{status} in {}", duration_ms(&execution["durationMs"]));
+        }
+        if let Some(error) = execution["error"].as_object() {
+            eprintln!("{}: {}", text(&error["kind"]), text(&error["message"]));
+        }
+        if !execution["output"].is_null() {
+            print_json(&execution["output"]);
+        }
+    }
+    Ok(exit_code(status))
+}
+
+/// Polls the execution until it ends and returns its final state.
+async fn wait(client: &Client, id: &str) -> anyhow::Result<Value> {
+    let mut spinner = Spinner::start();
+    loop {
+        let execution = client.get(&["executions", id], &[]).await?;
+        let status = status_of(&execution)?;
+        if status.is_terminal() {
+            spinner.clear();
+            return Ok(execution);
+        }
+        spinner.tick(&format!("{id} {status}"));
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub async fn ps(client: &Client, args: &PsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if let Some(agent) = &args.agent {
+        query.push(("agentId", agent.clone()));
+    }
+    if let Some(status) = args.status {
+        query.push(("status", status.as_str().to_owned()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let page = client.get(&["executions"], &query).await?;
+    if json {
+        print_json(&page);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let executions = page["executions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = executions
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["executionId"]),
+                text(&e["agentId"]),
+                text(&e["status"]),
+                text(&e["createdAt"]),
+                duration_ms(&e["durationMs"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &["EXECUTION", "AGENT", "STATUS", "CREATED", "DURATION"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if args.follow {
+        let status = follow(client, &args.execution, args.since, json).await?;
+        return Ok(exit_code(status));
+    }
+    let mut since = args.since;
+    loop {
+        let page = events_after(client, &args.execution, since).await?;
+        for event in &page {
+            print_event(event, json);
+            since = event["seq"].as_u64().unwrap_or(since);
+        }
+        if page.len() < PAGE {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Prints the events of execution `id` after `since` as they arrive, until its terminal status
+/// event, and returns that status. Polls the REST endpoint; this is the one function to change
+/// when following moves to the WebSocket.
+async fn follow(client: &Client, id: &str, mut since: u64, json: bool) -> anyhow::Result<Status> {
+    // With `--since` past the end of a finished execution no status event will come any more.
+    let execution = client.get(&["executions", id], &[]).await?;
+    let status = status_of(&execution)?;
+    if status.is_terminal()
+        && execution["lastSeq"]
+            .as_u64()
+            .is_some_and(|last| last <= since)
+    {
+        return Ok(status);
+    }
+    loop {
+        let page = events_after(client, id, since).await?;
+        let mut end = None;
+        for event in &page {
+            since = event["seq"].as_u64().unwrap_or(since);
+            if let Some(status) = print_event(event, json).filter(|s| s.is_terminal()) {
+                end = Some(status);
+            }
+        }
+        if let Some(status) = end {
+            return Ok(status);
+        }
+        if page.len() < PAGE {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// One page of events with a sequence number above `since`.
+async fn events_after(client: &Client, id: &str, since: u64) -> anyhow::Result<Vec<Value>> {
+    let query = [("since", since.to_string()), ("limit", PAGE.to_string())];
+    let mut body = client.get(&["executions", id, "events"], &query).await?;
+    match body["events"].take() {
+        Value::Array(events) => Ok(events),
+        _ => Err(anyhow!("the server's answer has no events: {body}")),
+    }
+}
+
+/// Prints one event and returns the status it announces, if it is a status event.
+fn print_event(event: &Value, json: bool) -> Option<Status> {
+    let data = &event["data"];
+    let status = match event["type"].as_str() {
+        Some("status") => data["status"].as_str().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    if json {
+        println!("{event}");
+        return status;
+    }
+    match event["type"].as_str() {
+        Some("log") => {
+            let line = data["log"].as_str().unwrap_or_default();
+            match data["stream"].as_str() {
+                Some("stdout") => println!("{line}"),
+                Some("stderr") => eprintln!("{line}"),
+                _ => eprintln!("[agentnexus] {line}"),
+            }
+        }
+        Some("status") => {
+            let mut line = format!("-- {}", text(&data["status"]));
+            if let Some(error) = data["error"].as_object() {
+                line += &format!(" ({}: {})", text(&error["kind"]), text(&error["message"]));
+            }
+            eprintln!("{}", dim(&line));
+        }
+        // Metrics, and kinds added after this client was built, are for --json readers.
+        _ => {}
+    }
+    status
+}
