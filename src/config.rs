@@ -52,6 +52,7 @@ pub struct Config {
     pub logs: LogLimits,
     pub health: HealthConfig,
     pub docker: DockerConfig,
+    pub websocket: WebSocketConfig,
     /// Also serve `/metrics` and `/metrics/json` on this separate address (e.g. kept off the
     /// public port); they stay on the main listener too.
     pub metrics_bind: Option<SocketAddr>,
@@ -74,6 +75,7 @@ impl Default for Config {
             logs: LogLimits::default(),
             health: HealthConfig::default(),
             docker: DockerConfig::default(),
+            websocket: WebSocketConfig::default(),
             metrics_bind: None,
             agents: Vec::new(),
             api_keys: Vec::new(),
@@ -140,6 +142,48 @@ impl Default for DockerConfig {
             enabled: true,
             host: None,
             probe_interval_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// A protocol ping goes out this often.
+    pub heartbeat_interval_ms: u64,
+    /// A connection that sent nothing at all (not even a pong) for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest inbound message or frame.
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    /// Over this, upgrades are refused with 503.
+    pub max_connections: usize,
+    /// Bytes queued for one client before the server waits for it to read.
+    pub send_queue_bytes: usize,
+    /// A client whose queue stays full this long is closed as a slow consumer (code 4008).
+    pub slow_consumer_timeout_ms: u64,
+    /// Inbound messages per second per connection, sustained.
+    pub rate_limit_per_sec: u32,
+    /// Inbound messages allowed in a burst.
+    pub rate_limit_burst: u32,
+    /// Browser origins allowed to connect besides the server's own; requests without an
+    /// `Origin` header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            heartbeat_interval_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 100,
+            max_connections: 10_000,
+            send_queue_bytes: 1024 * 1024,
+            slow_consumer_timeout_ms: 5_000,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -257,6 +301,16 @@ impl Config {
         }
         if self.health.check_timeout_ms == 0 || self.docker.probe_interval_ms < 100 {
             return invalid("health.check_timeout_ms must be positive and docker.probe_interval_ms at least 100".into());
+        }
+        let ws = &self.websocket;
+        if ws.heartbeat_interval_ms == 0
+            || ws.idle_timeout_ms < ws.heartbeat_interval_ms
+            || ws.max_message_bytes < 256
+            || ws.send_queue_bytes < ws.max_message_bytes
+            || ws.rate_limit_per_sec == 0
+            || ws.rate_limit_burst == 0
+        {
+            return invalid("websocket: heartbeat_interval_ms must be positive and at most idle_timeout_ms, max_message_bytes at least 256 and at most send_queue_bytes, rate limits positive".into());
         }
         if self.default_timeout_secs == 0 {
             return invalid("default_timeout_secs must be at least 1".into());

@@ -147,6 +147,8 @@ const PAGE: usize = 1000;
 /// lagged, or joined late) it reads the hole from the store, where every published event
 /// already is. Hence: every event once, in order, whatever the timing.
 pub struct Follow {
+    /// The execution as it was when following began (after subscribing).
+    pub start: Execution,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     key: i64,
@@ -166,7 +168,18 @@ impl Follow {
         since: u64,
     ) -> store::Result<Follow> {
         let live = hub.subscribe(execution.key);
-        let mut follow = Follow {
+        // Re-read after subscribing: if it is finished now, its last event is in the store.
+        let start = match store.get_execution(&execution.execution_id).await {
+            Ok(found) => found.unwrap_or_else(|| execution.clone()),
+            Err(e) => {
+                drop(live);
+                hub.release(execution.key);
+                return Err(e);
+            }
+        };
+        let done = start.status.is_terminal() && start.last_seq <= since;
+        Ok(Follow {
+            start,
             store,
             hub,
             key: execution.key,
@@ -175,14 +188,8 @@ impl Follow {
             queue: VecDeque::new(),
             catching_up: true,
             live_closed: false,
-            done: false,
-        };
-        // Re-read after subscribing: if it is finished now, its last event is in the store.
-        let now = follow.store.get_execution(&execution.execution_id).await?;
-        if now.is_some_and(|e| e.status.is_terminal() && e.last_seq <= since) {
-            follow.done = true;
-        }
-        Ok(follow)
+            done,
+        })
     }
 
     /// The next event, or `None` once the final status event has been delivered.

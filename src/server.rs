@@ -56,14 +56,17 @@ impl Server {
             );
         }
         let draining = CancellationToken::new();
+        let stop_accepting = CancellationToken::new();
         let state = AppState {
             runtime: runtime.clone(),
             auth,
             health: Arc::new(config.health.clone()),
             started,
             draining: draining.clone(),
+            closing: stop_accepting.clone(),
+            websocket: Arc::new(config.websocket.clone()),
+            connections: Arc::default(),
         };
-        let stop_accepting = CancellationToken::new();
         if let Some(metrics_addr) = config.metrics_bind {
             let listener =
                 TcpListener::bind(metrics_addr)

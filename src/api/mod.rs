@@ -7,6 +7,7 @@ mod error;
 mod executions;
 mod health;
 mod metrics;
+pub mod ws;
 
 pub use error::ApiError;
 
@@ -24,7 +25,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HealthConfig};
+use crate::config::{Config, HealthConfig, WebSocketConfig};
 use crate::runtime::{Caller, Runtime};
 
 #[derive(Clone)]
@@ -35,6 +36,10 @@ pub struct AppState {
     pub started: Instant,
     /// Cancelled when shutdown begins: readiness fails from then on.
     pub draining: CancellationToken,
+    /// Cancelled when the server stops serving: WebSocket clients are told goodbye.
+    pub closing: CancellationToken,
+    pub websocket: Arc<WebSocketConfig>,
+    pub connections: Arc<ws::Connections>,
 }
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
@@ -129,6 +134,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/ws", get(ws::upgrade))
         .merge(metrics_router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
