@@ -15,8 +15,10 @@ use crate::domain::Event;
 /// Events committed together for one execution, in seq order.
 pub type Batch = Arc<[Event]>;
 
-/// Live batches kept per execution for followers that are momentarily behind.
-const CHANNEL_CAPACITY: usize = 256;
+/// Live batches kept per execution for followers that are momentarily behind. Small on
+/// purpose: a batch can hold thousands of events, and a follower further behind than this
+/// reads from the store instead.
+const CHANNEL_CAPACITY: usize = 16;
 
 #[derive(Default)]
 pub struct Hub {

@@ -310,8 +310,20 @@ impl Connection {
             let _ = close.send((code, reason));
         }
         drop(outbox);
+        // The closing handshake: keep reading (and discarding) until the client's close frame
+        // or the timeout. Dropping the socket with unread input would make the kernel reset
+        // the connection, and the client would lose what it had not read yet, close frame
+        // included.
+        let drain = async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         let abort = writer.abort_handle();
-        if tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), writer)
+        if tokio::time::timeout(Duration::from_secs(1), writer)
             .await
             .is_err()
         {
