@@ -90,6 +90,11 @@ impl Server {
             runtime.clone(),
             stop_accepting.clone(),
         ));
+        tokio::spawn(probe_database(
+            runtime.clone(),
+            Duration::from_millis(config.health.check_timeout_ms),
+            stop_accepting.clone(),
+        ));
         tracing::info!(%addr, data_dir = %config.data_dir.display(), ready_ms = started.elapsed().as_millis() as u64, "agentnexus listening");
         Ok(Server {
             addr,
@@ -145,5 +150,22 @@ async fn measure_scheduling_lag(runtime: Arc<Runtime>, stop: CancellationToken) 
         }
         let lag = Instant::now().saturating_duration_since(due);
         runtime.metrics().scheduling_lag(lag.as_secs_f64());
+    }
+}
+
+/// Keeps `agentnexus_database_healthy` current whether or not anyone asks for readiness, so
+/// an alert on it fires even when no probe is configured.
+async fn probe_database(runtime: Arc<Runtime>, timeout: Duration, stop: CancellationToken) {
+    const PERIOD: Duration = Duration::from_secs(5);
+    loop {
+        let healthy = matches!(
+            tokio::time::timeout(timeout, runtime.ping_store()).await,
+            Ok(Ok(()))
+        );
+        runtime.metrics().database_healthy.set(i64::from(healthy));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
     }
 }
