@@ -621,3 +621,37 @@ async fn the_spec_example_queries_give_the_right_answers_in_prometheus() {
     let revenue = prometheus.scalar("sum(agentnexus_agent_revenue_wei)").await;
     assert_eq!(revenue, 32.0);
 }
+
+#[tokio::test]
+async fn metrics_can_also_be_served_on_their_own_listener() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = TestServer::start_with(vec![sh_agent("ok", "1", "true")], |c| {
+        c.metrics_bind = Some(addr);
+    })
+    .await;
+    let id = server.client.submit("ok", json!({})).await;
+    server.client.wait_terminal(&id, WAIT).await;
+    let separate = Client::new(&format!("http://{addr}"));
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("agentnexus_executions_total{agent_id=\"ok\",agent_name=\"Agent ok\",user_id=\"local\"} 1"), "{text}");
+    let (status, json) = separate.get("/metrics/json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(json.as_array().is_some_and(|a| !a.is_empty()));
+    // Only the metrics live there.
+    let (status, _) = separate.get("/api/agents").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // And they stay on the main listener too.
+    assert!(
+        scrape(&server.url)
+            .await
+            .contains("agentnexus_executions_total")
+    );
+}
