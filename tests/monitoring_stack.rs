@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer, sh_agent};
+use common::prometheus::{Prometheus, mix_agents, run_mix, sample};
+use common::{Client, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -564,111 +565,6 @@ fn the_dashboard_is_a_plain_provisionable_model_with_the_spec_panels() {
 // ---------------------------------------------------------------------------------------------
 // Every dashboard query against a real Prometheus scraping the real runtime
 
-/// A real Prometheus scraping `target` every second, with the shipped alert rules loaded.
-struct Prometheus {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: agentnexus\n    static_configs:\n      - targets: ['{target}']\n",
-                deploy("prometheus/alerts.yml").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is required: apt-get install prometheus");
-        Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
-        let body: Value = self
-            .http
-            .get(format!("{}/api/v1/{path}", self.url))
-            .query(query)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(body["status"], "success", "{path} {query:?}: {body}");
-        body["data"].clone()
-    }
-
-    async fn query(&self, promql: &str) -> Vec<Value> {
-        let data = self.api("query", &[("query", promql)]).await;
-        data["result"].as_array().unwrap().clone()
-    }
-
-    async fn value(&self, promql: &str) -> Option<f64> {
-        let result = self.query(promql).await;
-        (result.len() == 1).then(|| sample(&result[0]))
-    }
-
-    async fn wait_for(&self, promql: &str, value: f64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = self
-                .http
-                .get(format!("{}/-/ready", self.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready && self.value(promql).await == Some(value) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never saw {promql} = {value}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sample(series: &Value) -> f64 {
-    match series["value"][1].as_str().unwrap() {
-        "NaN" => f64::NAN,
-        "+Inf" => f64::INFINITY,
-        v => v.parse().unwrap(),
-    }
-}
-
 /// A panel's query with Grafana's variables as the dashboard would send them.
 fn substitute(expr: &str, agent: &str) -> String {
     let out = expr
@@ -680,37 +576,6 @@ fn substitute(expr: &str, agent: &str) -> String {
     out
 }
 
-fn mix_agents() -> Vec<agentnexus::config::ConfigAgent> {
-    vec![
-        sh_agent("ok", "3", "echo '{\"fine\": true}'"),
-        sh_agent("slow", "7", "sleep 1.2"),
-        sh_agent("bad", "5", "exit 1"),
-        sh_agent("long", "11", "sleep 30"),
-        sh_agent("hold", "13", "sleep 120"),
-    ]
-}
-
-/// 6 ok, 2 slow (1.2 s), 3 bad and 1 cancelled execution; returns when all have ended.
-async fn run_mix(client: &Client) {
-    let mut ids = Vec::new();
-    for (agent, n) in [("ok", 6), ("slow", 2), ("bad", 3)] {
-        for _ in 0..n {
-            ids.push(client.submit(agent, json!({})).await);
-        }
-    }
-    let long = client.submit("long", json!({})).await;
-    client.wait_status(&long, "RUNNING", WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = client
-        .post(&format!("/api/executions/{long}/cancel"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    for id in &ids {
-        client.wait_terminal(id, WAIT).await;
-    }
-}
-
-/// name label value → sample value, for a result keyed by one label.
 fn by_label(result: &[Value], label: &str) -> BTreeMap<String, f64> {
     result
         .iter()
@@ -737,7 +602,8 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
     // A readiness check sets the database health gauge.
     let (status, _) = client.get("/health/ready").await;
     assert_eq!(status, StatusCode::OK);
-    let prometheus = Prometheus::start(server.url.trim_start_matches("http://"));
+    let alerts = deploy("prometheus/alerts.yml");
+    let prometheus = Prometheus::start(server.url.trim_start_matches("http://"), &[&alerts]);
     prometheus.wait_for("up{job=\"agentnexus\"}", 1.0).await;
 
     run_mix(client).await;

@@ -2,6 +2,8 @@
 //! a real HTTP client, and shell-script agents.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
