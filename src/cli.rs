@@ -7,6 +7,7 @@
 mod agents;
 mod client;
 mod executions;
+mod follow;
 mod output;
 mod serve;
 

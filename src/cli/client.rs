@@ -121,7 +121,26 @@ impl Client {
         url
     }
 
-    fn base_str(&self) -> &str {
+    /// The WebSocket endpoint: the base URL with `ws`/`wss` for `http`/`https` and `/ws`
+    /// appended to its path.
+    pub fn ws_url(&self) -> Url {
+        let mut url = self.base.clone();
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .expect("http(s) and ws(s) are both special schemes");
+        url.path_segments_mut()
+            .expect("http URLs have a path")
+            .pop_if_empty()
+            .push("ws");
+        url
+    }
+
+    /// The API key, for requests made outside this client (the WebSocket upgrade).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn base_str(&self) -> &str {
         self.base.as_str().trim_end_matches('/')
     }
 

@@ -146,35 +146,10 @@ pub async fn logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Resul
 }
 
 /// Prints the events of execution `id` after `since` as they arrive, until its terminal status
-/// event, and returns that status. Polls the REST endpoint; this is the one function to change
-/// when following moves to the WebSocket.
-async fn follow(client: &Client, id: &str, mut since: u64, json: bool) -> anyhow::Result<Status> {
-    // With `--since` past the end of a finished execution no status event will come any more.
-    let execution = client.get(&["executions", id], &[]).await?;
-    let status = status_of(&execution)?;
-    if status.is_terminal()
-        && execution["lastSeq"]
-            .as_u64()
-            .is_some_and(|last| last <= since)
-    {
-        return Ok(status);
-    }
-    loop {
-        let page = events_after(client, id, since).await?;
-        let mut end = None;
-        for event in &page {
-            since = event["seq"].as_u64().unwrap_or(since);
-            if let Some(status) = print_event(event, json).filter(|s| s.is_terminal()) {
-                end = Some(status);
-            }
-        }
-        if let Some(status) = end {
-            return Ok(status);
-        }
-        if page.len() < PAGE {
-            tokio::time::sleep(POLL).await;
-        }
-    }
+/// event, and returns that status. Follows over the WebSocket, reconnecting and resuming after
+/// the last seq printed when the connection drops.
+async fn follow(client: &Client, id: &str, since: u64, json: bool) -> anyhow::Result<Status> {
+    super::follow::follow(client, id, since, &mut |event| print_event(event, json)).await
 }
 
 /// One page of events with a sequence number above `since`.
