@@ -266,9 +266,13 @@ impl Config {
     fn resolve_relative_paths(&mut self, base: &Path) {
         let rel = |p: &str| p.starts_with("./") || p.starts_with("../");
         for agent in &mut self.agents {
+            // Images are names, not paths: only process agents have paths to resolve.
             let Runtime::Process {
                 command, workdir, ..
-            } = &mut agent.runtime;
+            } = &mut agent.runtime
+            else {
+                continue;
+            };
             let resolve = |p: &str| {
                 let joined = base.join(p);
                 std::path::absolute(&joined)
@@ -379,6 +383,39 @@ pub fn validate_agent(agent: &Agent) -> Result<(), String> {
                 return Err(format!("runtime.env has an invalid variable name {bad:?}"));
             }
         }
+        Runtime::Docker {
+            image,
+            env,
+            memory_bytes,
+            cpu_quota,
+            pids_limit,
+            network,
+            tmp_bytes,
+            ..
+        } => {
+            if image.trim().is_empty() {
+                return Err("runtime.image must not be empty".into());
+            }
+            if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                return Err(format!("runtime.env has an invalid variable name {bad:?}"));
+            }
+            // Docker itself refuses less than 6 MiB; the upper bounds keep the i64s it takes sane.
+            if !(6 * 1024 * 1024..=1 << 50).contains(memory_bytes) {
+                return Err("runtime.memoryBytes must be between 6 MiB and 1 PiB".into());
+            }
+            if !(cpu_quota.is_finite() && (0.01..=1024.0).contains(cpu_quota)) {
+                return Err("runtime.cpuQuota must be between 0.01 and 1024 cores".into());
+            }
+            if !(1..=1 << 22).contains(pids_limit) {
+                return Err("runtime.pidsLimit must be between 1 and 4194304".into());
+            }
+            if network.trim().is_empty() {
+                return Err("runtime.network must not be empty (use \"none\")".into());
+            }
+            if !(1024 * 1024..=1 << 40).contains(tmp_bytes) {
+                return Err("runtime.tmpBytes must be between 1 MiB and 1 TiB".into());
+            }
+        }
     }
     Ok(())
 }
@@ -444,7 +481,9 @@ mod tests {
             "[[agents]]\nid = \"a\"\nname = \"A\"\nprice_wei = \"1\"\nruntime = { type = \"process\", command = \"./run.sh\" }",
         )
         .unwrap();
-        let Runtime::Process { command, .. } = &config.agents[0].runtime;
+        let Runtime::Process { command, .. } = &config.agents[0].runtime else {
+            panic!("a process agent");
+        };
         assert!(
             !command.contains("/./") && command.ends_with("/run.sh") && command.starts_with('/'),
             "{command}"

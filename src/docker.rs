@@ -1,7 +1,8 @@
 //! The connection to the Docker daemon and its health. A background probe pings the daemon
 //! periodically and keeps `agentnexus_docker_healthy` current; readiness asks for a fresh check.
 //! The client is created lazily and dropped on failure, so a daemon that comes back (or a
-//! socket that reappears) is picked up without a restart.
+//! socket that reappears) is picked up without a restart. The docker executor borrows the same
+//! client through `DockerProbe::client`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DockerConfig;
 use crate::metrics::Metrics;
+
+/// Why no Docker client can be had right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DockerError {
+    #[error("Docker is not enabled in this deployment (docker.enabled = false)")]
+    NotConfigured,
+    #[error("the Docker daemon at {host} is unavailable: {reason}")]
+    Unavailable { host: String, reason: String },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerHealth {
@@ -86,17 +96,30 @@ impl DockerProbe {
 
     async fn ping(&self, host: &str) -> Result<(), String> {
         let mut client = self.client.lock().await;
-        if client.is_none() {
-            let docker = Docker::connect_with_host(host).map_err(|e| e.to_string())?;
-            *client = Some(
-                docker
-                    .negotiate_version()
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let docker = client.as_ref().expect("connected above");
+        let docker = connected(&mut client, host).await?;
         docker.ping().await.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// A client with the API version negotiated, connecting first if needed, within `timeout`.
+    /// It is not pinged: the caller's first request fails fast enough if the daemon is gone,
+    /// and the background probe notices and starts afresh.
+    pub async fn client(&self, timeout: Duration) -> Result<Docker, DockerError> {
+        let Some(host) = &self.host else {
+            return Err(DockerError::NotConfigured);
+        };
+        let unavailable = |reason: String| DockerError::Unavailable {
+            host: host.clone(),
+            reason,
+        };
+        let connect = async {
+            let mut client = self.client.lock().await;
+            connected(&mut client, host).await.cloned()
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(docker)) => Ok(docker),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(format!("no answer within {timeout:?}"))),
+        }
     }
 
     /// Checks every `interval` until `stop`.
@@ -131,4 +154,17 @@ impl DockerProbe {
             }
         });
     }
+}
+
+async fn connected<'a>(client: &'a mut Option<Docker>, host: &str) -> Result<&'a Docker, String> {
+    if client.is_none() {
+        let docker = Docker::connect_with_host(host).map_err(|e| e.to_string())?;
+        *client = Some(
+            docker
+                .negotiate_version()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(client.as_ref().expect("connected above"))
 }

@@ -92,9 +92,14 @@ pub struct Agent {
     pub runtime: Runtime,
 }
 
-/// How an agent is run. Docker joins as a second variant with its own executor.
+/// How an agent is run: a local process, or a hardened Docker container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum Runtime {
     Process {
         command: String,
@@ -105,12 +110,70 @@ pub enum Runtime {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
     },
+    /// The defaults are the safe ones: every relaxation is explicit in the agent's definition.
+    /// Multi-word keys are camelCase in JSON; the snake_case spelling is accepted too, so a
+    /// TOML config file reads like the rest of the file.
+    Docker {
+        image: String,
+        /// Replaces the image's `CMD`; empty keeps it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cmd: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Memory limit; swap is limited to the same amount (no swap beyond it).
+        #[serde(default = "docker_defaults::memory_bytes", alias = "memory_bytes")]
+        memory_bytes: u64,
+        /// CPU cores the container may use, like `docker run --cpus`.
+        #[serde(default = "docker_defaults::cpu_quota", alias = "cpu_quota")]
+        cpu_quota: f64,
+        #[serde(default = "docker_defaults::pids_limit", alias = "pids_limit")]
+        pids_limit: u64,
+        /// Docker network mode; `none` (no network) unless the agent needs one.
+        #[serde(default = "docker_defaults::network")]
+        network: String,
+        /// Size of the writable tmpfs at `/tmp` (the root filesystem is read-only).
+        #[serde(default = "docker_defaults::tmp_bytes", alias = "tmp_bytes")]
+        tmp_bytes: u64,
+    },
+}
+
+pub mod docker_defaults {
+    pub fn memory_bytes() -> u64 {
+        512 * 1024 * 1024
+    }
+    pub fn cpu_quota() -> f64 {
+        0.5
+    }
+    pub fn pids_limit() -> u64 {
+        100
+    }
+    pub fn network() -> String {
+        "none".into()
+    }
+    pub fn tmp_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
 }
 
 impl Runtime {
     pub fn kind(&self) -> &'static str {
         match self {
             Runtime::Process { .. } => "process",
+            Runtime::Docker { .. } => "docker",
+        }
+    }
+
+    /// A docker runtime with every setting at its default.
+    pub fn docker(image: &str, cmd: &[&str]) -> Runtime {
+        Runtime::Docker {
+            image: image.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            env: BTreeMap::new(),
+            memory_bytes: docker_defaults::memory_bytes(),
+            cpu_quota: docker_defaults::cpu_quota(),
+            pids_limit: docker_defaults::pids_limit(),
+            network: docker_defaults::network(),
+            tmp_bytes: docker_defaults::tmp_bytes(),
         }
     }
 }

@@ -18,7 +18,9 @@ use crate::domain::{
     self, Agent, Event, ExecError, Execution, Runtime as AgentRuntime, Status, Wei, now_ms,
 };
 use crate::events::{Follow, Recorder};
-use crate::executor::{Executor, Exit, Job, ProcessExecutor, RunOutcome};
+use crate::executor::{
+    DockerExecutor, Executor, Exit, Job, OwnedContainer, ProcessExecutor, ResumePoint, RunOutcome,
+};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -99,6 +101,7 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     docker: Arc<DockerProbe>,
     process: ProcessExecutor,
+    docker_executor: DockerExecutor,
     permits: Arc<Semaphore>,
     handles: Mutex<HashMap<String, Arc<Handle>>>,
     tasks: TaskTracker,
@@ -121,13 +124,20 @@ impl Runtime {
             hub.clone(),
         )?);
         let metrics = Arc::new(Metrics::new());
+        let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
         let runtime = Arc::new(Runtime {
             store,
             hub,
-            docker: Arc::new(DockerProbe::new(&config.docker, metrics.clone())),
+            docker: docker.clone(),
             metrics,
             process: ProcessExecutor {
                 scratch_root: scratch_root(config),
+                kill_grace: Duration::from_millis(config.kill_grace_ms),
+                sample_interval: Duration::from_millis(config.sample_interval_ms),
+                max_line_bytes: config.logs.max_line_bytes,
+            },
+            docker_executor: DockerExecutor {
+                probe: docker,
                 kill_grace: Duration::from_millis(config.kill_grace_ms),
                 sample_interval: Duration::from_millis(config.sample_interval_ms),
                 max_line_bytes: config.logs.max_line_bytes,
@@ -162,10 +172,43 @@ impl Runtime {
         &self.docker
     }
 
+    /// Executions left RUNNING by a previous run: a process died with that run, but a container
+    /// outlives it. Containers are matched to executions by their label; one whose execution
+    /// this store does not know belongs to another runtime and is left alone. Running or
+    /// finished containers of RUNNING executions are resumed (`resume_container`); every other
+    /// container of ours is a leftover and is removed. (Executors remove their containers
+    /// before reporting, so leftovers appear only next to RUNNING docker executions.)
     async fn recover(self: &Arc<Self>) -> Result<()> {
-        for execution in self.store.unfinished_executions().await? {
+        let unfinished = self.store.unfinished_executions().await?;
+        let mut containers: HashMap<String, OwnedContainer> = HashMap::new();
+        // Only asked when needed: a start must not wait on a daemon that is of no concern.
+        let docker_running = unfinished.iter().any(|e| {
+            e.status == Status::Running && matches!(e.agent.runtime, AgentRuntime::Docker { .. })
+        });
+        if docker_running && self.docker.host().is_some() {
+            match self.docker_executor.containers().await {
+                Ok(found) => {
+                    containers = found
+                        .into_iter()
+                        .map(|c| (c.execution_id.clone(), c))
+                        .collect();
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot list containers left by a previous run; their executions fail"
+                ),
+            }
+        }
+        for execution in unfinished {
             match execution.status {
                 Status::Running => {
+                    if let Some(container) = containers.remove(&execution.execution_id) {
+                        if !container.never_started {
+                            self.resume_container(execution, container).await?;
+                            continue;
+                        }
+                        self.docker_executor.remove_container(&container.id).await;
+                    }
                     let error = ExecError::new(
                         "runtime_restarted",
                         "the runtime stopped while this execution was running",
@@ -176,7 +219,101 @@ impl Runtime {
                 _ => self.enqueue(execution),
             }
         }
+        for (execution_id, container) in containers {
+            if self.store.get_execution(&execution_id).await?.is_some() {
+                tracing::info!(execution = %execution_id, container = %container.id, "removing a leftover container");
+                self.docker_executor.remove_container(&container.id).await;
+            }
+        }
         Ok(())
+    }
+
+    /// Sees a container started by a previous run to its end, like `drive` would have: it holds
+    /// a concurrency slot, can be cancelled, and times out when the agent's timeout, counted
+    /// from the original start, runs out.
+    async fn resume_container(
+        self: &Arc<Self>,
+        execution: Execution,
+        container: OwnedContainer,
+    ) -> Result<()> {
+        let point = self.resume_point(&execution).await?;
+        tracing::info!(execution = %execution.execution_id, container = %container.id, ?point, "resuming a container");
+        let handle = Arc::new(Handle {
+            stop: CancellationToken::new(),
+            reason: OnceLock::new(),
+            finished: CancellationToken::new(),
+        });
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(execution.execution_id.clone(), handle.clone());
+        let runtime = self.clone();
+        self.tasks.spawn(async move {
+            let id = execution.execution_id.clone();
+            let permit = runtime.permits.clone().acquire_owned().await;
+            let _running = runtime.metrics.running(&execution);
+            let started = Instant::now();
+            let recorder = Arc::new(Recorder::new(
+                &execution,
+                runtime.store.clone(),
+                runtime.metrics.clone(),
+                runtime.log_limits,
+            ));
+            let timeout_ms = execution.agent.timeout_secs.saturating_mul(1000);
+            let ran_ms = now_ms().saturating_sub(execution.started_at.unwrap_or_else(now_ms));
+            let timeout = Duration::from_millis(timeout_ms.saturating_sub(ran_ms.max(0) as u64));
+            let run = runtime.docker_executor.resume(
+                &container.id,
+                point,
+                recorder.clone(),
+                handle.stop.clone(),
+            );
+            tokio::pin!(run);
+            let outcome = tokio::select! {
+                outcome = &mut run => outcome,
+                _ = tokio::time::sleep(timeout) => {
+                    handle.request_stop(StopReason::Timeout);
+                    run.await
+                }
+            };
+            drop(permit);
+            let mut change = ended(outcome, &handle, execution.agent.timeout_secs);
+            change.stats = Some(recorder.stats());
+            change.ran_for = Some(started.elapsed());
+            if let Err(e) = runtime
+                .transition(&execution, Status::Running, change)
+                .await
+            {
+                tracing::error!(execution = %id, error = %e, "resumed execution failed to complete");
+            }
+            runtime.handles.lock().unwrap().remove(&id);
+            handle.finished.cancel();
+        });
+        Ok(())
+    }
+
+    /// How many lines of each stream the store holds for an execution.
+    async fn resume_point(&self, execution: &Execution) -> Result<ResumePoint> {
+        const PAGE: usize = 10_000;
+        let mut point = ResumePoint::default();
+        let mut since = 0;
+        loop {
+            let page = self.store.events(execution.key, since, PAGE).await?;
+            for event in &page {
+                if event.kind != domain::EventKind::Log {
+                    continue;
+                }
+                match serde_json::from_str::<domain::LogData>(event.data.get()).map(|l| l.stream) {
+                    Ok(domain::LogStream::Stdout) => point.stdout_lines += 1,
+                    Ok(domain::LogStream::Stderr) => point.stderr_lines += 1,
+                    _ => {}
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => since = last.seq,
+                _ => return Ok(point),
+            }
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -440,11 +577,13 @@ impl Runtime {
         ));
         let job = Job {
             execution_id: execution.execution_id.clone(),
+            user_id: execution.user_id.clone(),
             agent: execution.agent.clone(),
             input: execution.input.clone(),
         };
         let executor: &dyn Executor = match execution.agent.runtime {
             AgentRuntime::Process { .. } => &self.process,
+            AgentRuntime::Docker { .. } => &self.docker_executor,
         };
         let timeout = Duration::from_secs(execution.agent.timeout_secs);
         let run = executor.run(&job, recorder.clone(), handle.stop.clone());
@@ -458,18 +597,7 @@ impl Runtime {
         };
         drop(permit);
 
-        let mut change = match outcome {
-            RunOutcome::NotStarted(error) => Change::to(Status::Failed).error(error),
-            RunOutcome::Stopped { exit } => {
-                let reason = handle
-                    .reason
-                    .get()
-                    .copied()
-                    .unwrap_or(StopReason::Cancelled);
-                stopped(reason, exit, execution.agent.timeout_secs)
-            }
-            RunOutcome::Exited { exit, output } => exited(exit, output),
-        };
+        let mut change = ended(outcome, handle, execution.agent.timeout_secs);
         change.stats = Some(recorder.stats());
         change.ran_for = Some(started.elapsed());
         self.transition(&execution, Status::Running, change).await?;
@@ -548,6 +676,22 @@ impl Change {
     }
 }
 
+/// The status change for how an executor's run ended.
+fn ended(outcome: RunOutcome, handle: &Handle, timeout_secs: u64) -> Change {
+    match outcome {
+        RunOutcome::NotStarted(error) => Change::to(Status::Failed).error(error),
+        RunOutcome::Stopped { exit } => {
+            let reason = handle
+                .reason
+                .get()
+                .copied()
+                .unwrap_or(StopReason::Cancelled);
+            stopped(reason, exit, timeout_secs)
+        }
+        RunOutcome::Exited { exit, output } => exited(exit, output),
+    }
+}
+
 fn exited(exit: Exit, output: Result<Option<Value>, String>) -> Change {
     let mut change = match (exit, output) {
         (Exit::Code(0), Ok(output)) => Change {
@@ -564,6 +708,10 @@ fn exited(exit: Exit, output: Result<Option<Value>, String>) -> Change {
         (Exit::Signal(signal), _) => Change::to(Status::Failed).error(ExecError::new(
             "signal",
             format!("the agent was killed by signal {signal}"),
+        )),
+        (Exit::OomKilled(code), _) => Change::to(Status::Failed).error(ExecError::new(
+            "oom_killed",
+            format!("the agent exceeded its memory limit and was killed (exit code {code})"),
         )),
     };
     change.exit_code = exit.code();

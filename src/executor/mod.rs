@@ -1,6 +1,6 @@
 //! Executors run one execution of an agent and report what physically happened; the runtime
-//! decides what that means for the execution's status. Only executors spawn processes (and,
-//! later, containers). Every executor honours the same agent I/O contract:
+//! decides what that means for the execution's status. Only executors spawn processes and
+//! containers. Every executor honours the same agent I/O contract:
 //!
 //! - input JSON on stdin and in `INPUT_DATA` (when it fits an environment variable), plus
 //!   `EXECUTION_ID` and `AGENT_ID`;
@@ -8,10 +8,12 @@
 //! - the output is the JSON in the file named by `AGENTNEXUS_OUTPUT` if the agent wrote it,
 //!   else the last stdout line that is a complete JSON object.
 
+mod docker;
 mod lines;
 mod proc_tree;
 mod process;
 
+pub use docker::{DockerExecutor, OwnedContainer, ResumePoint};
 pub use lines::LineReader;
 pub use process::ProcessExecutor;
 
@@ -28,6 +30,8 @@ use crate::events::Recorder;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub execution_id: String,
+    /// Who submitted it (containers are labelled with it).
+    pub user_id: String,
     pub agent: Agent,
     pub input: Value,
 }
@@ -50,12 +54,14 @@ pub enum RunOutcome {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// The kernel killed it for exceeding its memory limit (the exit code it reported).
+    OomKilled(i32),
 }
 
 impl Exit {
     pub fn code(self) -> Option<i32> {
         match self {
-            Exit::Code(c) => Some(c),
+            Exit::Code(c) | Exit::OomKilled(c) => Some(c),
             Exit::Signal(_) => None,
         }
     }

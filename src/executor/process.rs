@@ -60,7 +60,13 @@ impl ProcessExecutor {
             args,
             env,
             workdir,
-        } = &job.agent.runtime;
+        } = &job.agent.runtime
+        else {
+            return RunOutcome::NotStarted(ExecError::new(
+                "spawn_failed",
+                "the process executor was given an agent of another runtime",
+            ));
+        };
         let input = job.input.to_string();
         let output_file = scratch.join("output.json");
         let input_file = scratch.join("input.json");
