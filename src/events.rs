@@ -10,7 +10,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::config::LogLimits;
 use crate::domain::{
-    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, now_ms,
+    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, Status, now_ms,
 };
 use crate::hub::{Batch, Hub};
 use crate::metrics::Metrics;
@@ -147,8 +147,9 @@ const PAGE: usize = 1000;
 /// lagged, or joined late) it reads the hole from the store, where every published event
 /// already is. Hence: every event once, in order, whatever the timing.
 pub struct Follow {
-    /// The execution as it was when following began (after subscribing).
-    pub start: Execution,
+    /// The execution's status and last seq when following began (after subscribing).
+    pub start_status: Status,
+    pub start_last_seq: u64,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     key: i64,
@@ -169,17 +170,21 @@ impl Follow {
     ) -> store::Result<Follow> {
         let live = hub.subscribe(execution.key);
         // Re-read after subscribing: if it is finished now, its last event is in the store.
-        let start = match store.get_execution(&execution.execution_id).await {
-            Ok(found) => found.unwrap_or_else(|| execution.clone()),
-            Err(e) => {
-                drop(live);
-                hub.release(execution.key);
-                return Err(e);
-            }
-        };
-        let done = start.status.is_terminal() && start.last_seq <= since;
+        let (start_status, start_last_seq) =
+            match store.get_execution(&execution.execution_id).await {
+                Ok(found) => found.map_or((execution.status, execution.last_seq), |e| {
+                    (e.status, e.last_seq)
+                }),
+                Err(e) => {
+                    drop(live);
+                    hub.release(execution.key);
+                    return Err(e);
+                }
+            };
+        let done = start_status.is_terminal() && start_last_seq <= since;
         Ok(Follow {
-            start,
+            start_status,
+            start_last_seq,
             store,
             hub,
             key: execution.key,

@@ -70,7 +70,7 @@ pub async fn upgrade(
     }
     upgrade
         // Small buffers: an idle connection should cost a few KiB, not the default 128 KiB.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(config.max_message_bytes.max(64 * 1024) * 2)
         .max_message_size(config.max_message_bytes)
@@ -460,7 +460,7 @@ async fn send_stream(
     let ack = json!({
         "type": "subscribed",
         "executionId": id,
-        "data": { "status": follow.start.status, "lastSeq": follow.start.last_seq },
+        "data": { "status": follow.start_status, "lastSeq": follow.start_last_seq },
         "timestamp": now_ms(),
     });
     outbox.send_json(ack).await?;
