@@ -276,7 +276,9 @@ impl Connection {
                             break too_big.then_some(Ending(CLOSE_TOO_BIG, "message too big"));
                         }
                         Some(Ok(Message::Text(text))) => {
-                            if self.handle(&text, &outbox).await.is_err() {
+                            // Boxed: client messages are rare, and an idle connection should
+                            // not carry the space of this future in its own.
+                            if Box::pin(self.handle(&text, &outbox)).await.is_err() {
                                 continue;
                             }
                         }
