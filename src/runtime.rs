@@ -238,19 +238,9 @@ impl Runtime {
     ) -> Result<()> {
         let point = self.resume_point(&execution).await?;
         tracing::info!(execution = %execution.execution_id, container = %container.id, ?point, "resuming a container");
-        let handle = Arc::new(Handle {
-            stop: CancellationToken::new(),
-            reason: OnceLock::new(),
-            finished: CancellationToken::new(),
-        });
-        self.handles
-            .lock()
-            .unwrap()
-            .insert(execution.execution_id.clone(), handle.clone());
-        let runtime = self.clone();
-        self.tasks.spawn(async move {
-            let id = execution.execution_id.clone();
-            let permit = runtime.permits.clone().acquire_owned().await;
+        self.spawn_tracked(execution, move |runtime, execution, handle| async move {
+            // Already running: it takes a slot, but does not wait for one during shutdown.
+            let permit = runtime.permits.clone().acquire_owned().await.ok();
             let _running = runtime.metrics.running(&execution);
             let started = Instant::now();
             let recorder = Arc::new(Recorder::new(
@@ -268,26 +258,11 @@ impl Runtime {
                 recorder.clone(),
                 handle.stop.clone(),
             );
-            tokio::pin!(run);
-            let outcome = tokio::select! {
-                outcome = &mut run => outcome,
-                _ = tokio::time::sleep(timeout) => {
-                    handle.request_stop(StopReason::Timeout);
-                    run.await
-                }
-            };
-            drop(permit);
-            let mut change = ended(outcome, &handle, execution.agent.timeout_secs);
-            change.stats = Some(recorder.stats());
-            change.ran_for = Some(started.elapsed());
-            if let Err(e) = runtime
-                .transition(&execution, Status::Running, change)
+            runtime
+                .finish_run(
+                    &execution, &handle, run, timeout, &recorder, started, permit,
+                )
                 .await
-            {
-                tracing::error!(execution = %id, error = %e, "resumed execution failed to complete");
-            }
-            runtime.handles.lock().unwrap().remove(&id);
-            handle.finished.cancel();
         });
         Ok(())
     }
@@ -514,19 +489,31 @@ impl Runtime {
     }
 
     fn enqueue(self: &Arc<Self>, execution: Execution) {
+        self.spawn_tracked(execution, |runtime, execution, handle| async move {
+            runtime.drive(execution, &handle).await
+        });
+    }
+
+    /// Runs `work` for an execution as a tracked task, with a handle through which it can be
+    /// stopped; the handle goes away, and `cancel` stops waiting, when the work is done.
+    fn spawn_tracked<F, Fut>(self: &Arc<Self>, execution: Execution, work: F)
+    where
+        F: FnOnce(Arc<Self>, Execution, Arc<Handle>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
         let handle = Arc::new(Handle {
             stop: CancellationToken::new(),
             reason: OnceLock::new(),
             finished: CancellationToken::new(),
         });
+        let id = execution.execution_id.clone();
         self.handles
             .lock()
             .unwrap()
-            .insert(execution.execution_id.clone(), handle.clone());
+            .insert(id.clone(), handle.clone());
         let runtime = self.clone();
         self.tasks.spawn(async move {
-            let id = execution.execution_id.clone();
-            if let Err(e) = runtime.drive(execution, &handle).await {
+            if let Err(e) = work(runtime.clone(), execution, handle.clone()).await {
                 tracing::error!(execution = %id, error = %e, "execution failed to complete");
             }
             runtime.handles.lock().unwrap().remove(&id);
@@ -587,6 +574,31 @@ impl Runtime {
         };
         let timeout = Duration::from_secs(execution.agent.timeout_secs);
         let run = executor.run(&job, recorder.clone(), handle.stop.clone());
+        self.finish_run(
+            &execution,
+            handle,
+            run,
+            timeout,
+            &recorder,
+            started,
+            Some(permit),
+        )
+        .await
+    }
+
+    /// Sees an executor's run to its end within `timeout` (stopping it when that passes), frees
+    /// the concurrency slot, and records how the execution ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_run(
+        &self,
+        execution: &Execution,
+        handle: &Handle,
+        run: impl std::future::Future<Output = RunOutcome>,
+        timeout: Duration,
+        recorder: &Recorder,
+        started: Instant,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<()> {
         tokio::pin!(run);
         let outcome = tokio::select! {
             outcome = &mut run => outcome,
@@ -596,11 +608,10 @@ impl Runtime {
             }
         };
         drop(permit);
-
         let mut change = ended(outcome, handle, execution.agent.timeout_secs);
         change.stats = Some(recorder.stats());
         change.ran_for = Some(started.elapsed());
-        self.transition(&execution, Status::Running, change).await?;
+        self.transition(execution, Status::Running, change).await?;
         Ok(())
     }
 
