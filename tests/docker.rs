@@ -251,16 +251,7 @@ async fn a_non_zero_exit_fails_with_its_code_and_streams_are_tagged() {
         assert_eq!(execution["exitCode"], 3, "{kind:?}");
         assert_eq!(execution["error"]["kind"], "exit_code", "{kind:?}");
         let events = client.all_events(&exec).await;
-        let streams: Vec<_> = events
-            .iter()
-            .filter(|e| e["type"] == "log")
-            .map(|e| {
-                (
-                    e["data"]["stream"].as_str().unwrap(),
-                    e["data"]["log"].as_str().unwrap(),
-                )
-            })
-            .collect();
+        let streams: Vec<_> = common::tagged_lines(&events);
         assert!(
             streams.contains(&("stdout", "working")),
             "{kind:?} {streams:?}"

@@ -103,16 +103,7 @@ async fn a_non_zero_exit_fails_with_the_exit_code_and_tagged_streams() {
             .contains('3')
     );
     let events = client.all_events(&id).await;
-    let streams: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "log")
-        .map(|e| {
-            (
-                e["data"]["stream"].as_str().unwrap(),
-                e["data"]["log"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let streams: Vec<_> = common::tagged_lines(&events);
     assert!(streams.contains(&("stdout", "working")), "{streams:?}");
     assert!(
         streams.contains(&("stderr", "boom: model refused")),

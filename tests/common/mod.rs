@@ -248,6 +248,20 @@ pub fn log_lines(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The log lines of an event list with their stream (`stdout`, `stderr`, `system`), in order.
+pub fn tagged_lines(events: &[Value]) -> Vec<(&str, &str)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "log")
+        .map(|e| {
+            (
+                e["data"]["stream"].as_str().unwrap(),
+                e["data"]["log"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Asserts the seqs are exactly 1..=n.
 pub fn assert_gapless(events: &[Value]) {
     for (i, event) in events.iter().enumerate() {
