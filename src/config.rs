@@ -257,6 +257,11 @@ impl Config {
             })?;
             config.resolve_relative_paths(&dir);
         }
+        // Agents run in their own working directories, and get paths under the data directory
+        // (the output file): those must not depend on the server's working directory.
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| {
+            ConfigError::Invalid(format!("data_dir {}: {e}", config.data_dir.display()))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -473,6 +478,17 @@ mod tests {
         let loaded = Config::load(Some(Path::new("bare.toml")), Overrides::default());
         std::env::set_current_dir(cwd).unwrap();
         assert_eq!(loaded.unwrap().max_concurrent_executions, 3);
+    }
+
+    #[test]
+    fn the_data_directory_is_made_absolute() {
+        let config = load_str("data_dir = \"relative/data\"").unwrap();
+        assert!(
+            config.data_dir.is_absolute(),
+            "{}",
+            config.data_dir.display()
+        );
+        assert!(config.data_dir.ends_with("relative/data"));
     }
 
     #[test]

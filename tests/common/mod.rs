@@ -283,9 +283,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `agentnexus serve --config <config>` and waits until it logs its address.
     pub fn spawn(config: &Path) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentnexus"))
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
+        command.args(["serve", "--config"]).arg(config);
+        Self::spawn_command(command)
+    }
+
+    /// Starts `command` (an `agentnexus serve …`) and waits until it logs its address.
+    pub fn spawn_command(mut command: Command) -> ServerProcess {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
