@@ -134,6 +134,9 @@ pub struct DockerConfig {
     pub host: Option<String>,
     /// Interval of the background health probe.
     pub probe_interval_ms: u64,
+    /// How often containers of finished executions are looked for and removed (those the
+    /// daemon could not remove when they ended, because it was away).
+    pub sweep_interval_ms: u64,
 }
 
 impl Default for DockerConfig {
@@ -142,6 +145,7 @@ impl Default for DockerConfig {
             enabled: true,
             host: None,
             probe_interval_ms: 5000,
+            sweep_interval_ms: 60_000,
         }
     }
 }
@@ -308,8 +312,11 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024".into());
         }
-        if self.health.check_timeout_ms == 0 || self.docker.probe_interval_ms < 100 {
-            return invalid("health.check_timeout_ms must be positive and docker.probe_interval_ms at least 100".into());
+        if self.health.check_timeout_ms == 0
+            || self.docker.probe_interval_ms < 100
+            || self.docker.sweep_interval_ms < 100
+        {
+            return invalid("health.check_timeout_ms must be positive, docker.probe_interval_ms and docker.sweep_interval_ms at least 100".into());
         }
         let ws = &self.websocket;
         if ws.heartbeat_interval_ms == 0

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, LogLimits};
-use crate::docker::DockerProbe;
+use crate::docker::{DockerHealth, DockerProbe};
 use crate::domain::{
     self, Agent, Event, ExecError, Execution, Runtime as AgentRuntime, Status, Wei, now_ms,
 };
@@ -161,6 +161,7 @@ impl Runtime {
                 .register_agent(&agent, &runtime.users, revenue.0);
         }
         runtime.recover().await?;
+        runtime.spawn_container_sweeper(Duration::from_millis(config.docker.sweep_interval_ms));
         Ok(runtime)
     }
 
@@ -226,6 +227,57 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Removes containers this runtime started whose executions have ended: those whose removal
+    /// failed because the daemon was away (an outage during a run, or a restart while it was
+    /// down). Containers of executions this store does not know belong to another runtime and
+    /// are left alone.
+    async fn sweep_containers(&self) {
+        let Ok(containers) = self.docker_executor.containers().await else {
+            return;
+        };
+        for container in containers {
+            if self
+                .handles
+                .lock()
+                .unwrap()
+                .contains_key(&container.execution_id)
+            {
+                continue;
+            }
+            let ended = self
+                .store
+                .get_execution(&container.execution_id)
+                .await
+                .is_ok_and(|e| e.is_some_and(|e| e.status.is_terminal()));
+            if ended {
+                tracing::info!(execution = %container.execution_id, container = %container.id, "removing the container of a finished execution");
+                self.docker_executor.remove_container(&container.id).await;
+            }
+        }
+    }
+
+    /// Sweeps every `interval` while the daemon is reachable, until shutdown.
+    fn spawn_container_sweeper(self: &Arc<Self>, interval: Duration) {
+        if self.docker.host().is_none() {
+            return;
+        }
+        let runtime = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                if runtime.permits.is_closed() {
+                    return;
+                }
+                if runtime.docker.last() == DockerHealth::Healthy {
+                    runtime.sweep_containers().await;
+                }
+            }
+        });
     }
 
     /// Sees a container started by a previous run to its end, like `drive` would have: it holds

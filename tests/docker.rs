@@ -841,3 +841,51 @@ async fn a_docker_outage_fails_docker_executions_fast_and_recovers_without_resta
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
     assert_eq!(execution["output"], json!({"hello": "docker"}));
 }
+
+// ---- containers the daemon could not remove in time ----
+
+/// Creates (without starting) a container labelled as one of ours for `execution_id`.
+fn create_labelled_container(execution_id: &str) -> String {
+    let out = Command::new("docker")
+        .args(["create", "--label"])
+        .arg(format!("agentnexus.execution={execution_id}"))
+        .args([IMAGE, "true"])
+        .output()
+        .expect("docker create runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn containers_of_finished_executions_are_swept_and_others_are_left_alone() {
+    require_docker!();
+    let server = TestServer::start_with(vec![docker_agent("quick", "echo hi")], |c| {
+        c.docker.sweep_interval_ms = 200;
+    })
+    .await;
+    let exec = server.client.submit("quick", json!({})).await;
+    assert_eq!(
+        server.client.wait_terminal(&exec, WAIT).await["status"],
+        "COMPLETED"
+    );
+    wait_no_container(&exec).await;
+
+    // As if the daemon had been away when the execution ended: its container is still there.
+    create_labelled_container(&exec);
+    // And a container of an execution this runtime does not know (another runtime's).
+    let foreign_execution = "exec_01m8f7zyfx1pgmq6mcqh9jyvq8";
+    let foreign = create_labelled_container(foreign_execution);
+
+    wait_no_container(&exec).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        containers_of(foreign_execution).len(),
+        1,
+        "another runtime's container was removed"
+    );
+    let _ = Command::new("docker").args(["rm", "-f", &foreign]).output();
+}
