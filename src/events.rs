@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -50,6 +50,18 @@ impl Recorder {
             started: Instant::now(),
             tally: Mutex::new(Tally::default()),
         }
+    }
+
+    /// Continues the record of an execution that a previous run of the runtime started: the
+    /// log budget counts the `stored_lines` already in the store, and `duration` counts from
+    /// the original start.
+    pub fn resumed(mut self, stored_lines: u64) -> Recorder {
+        self.tally.get_mut().unwrap().lines = stored_lines;
+        if let Some(started_at) = self.execution.started_at {
+            let ran = Duration::from_millis(now_ms().saturating_sub(started_at).max(0) as u64);
+            self.started = Instant::now().checked_sub(ran).unwrap_or(self.started);
+        }
+        self
     }
 
     /// Appends log lines of one stream, in order, within the execution's log budget: the first

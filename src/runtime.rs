@@ -295,12 +295,15 @@ impl Runtime {
             let permit = runtime.permits.clone().acquire_owned().await.ok();
             let _running = runtime.metrics.running(&execution);
             let started = Instant::now();
-            let recorder = Arc::new(Recorder::new(
-                &execution,
-                runtime.store.clone(),
-                runtime.metrics.clone(),
-                runtime.log_limits,
-            ));
+            let recorder = Arc::new(
+                Recorder::new(
+                    &execution,
+                    runtime.store.clone(),
+                    runtime.metrics.clone(),
+                    runtime.log_limits,
+                )
+                .resumed(point.stdout_lines + point.stderr_lines),
+            );
             let timeout_ms = execution.agent.timeout_secs.saturating_mul(1000);
             let ran_ms = now_ms().saturating_sub(execution.started_at.unwrap_or_else(now_ms));
             let timeout = Duration::from_millis(timeout_ms.saturating_sub(ran_ms.max(0) as u64));
