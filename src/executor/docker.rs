@@ -40,7 +40,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Executor, Exit, Job, LineReader, RunOutcome, json_object_line};
+use super::{
+    Executor, Exit, Job, LineReader, MAX_ENV_INPUT, MAX_OUTPUT_FILE, RunOutcome, json_object_line,
+};
 use crate::docker::DockerProbe;
 use crate::domain::{ExecError, LogStream, Runtime};
 use crate::events::Recorder;
@@ -53,9 +55,6 @@ pub const CONTAINER_USER: &str = "65534:65534";
 /// Where the output volume is mounted, and the file the agent may write its output to.
 const OUTPUT_VOLUME: &str = "/agentnexus";
 const OUTPUT_FILE: &str = "/agentnexus/out/output.json";
-/// Same limits as the process executor: Linux refuses larger environment strings.
-const MAX_ENV_INPUT: usize = 100 * 1024;
-const MAX_OUTPUT_FILE: usize = 16 * 1024 * 1024;
 /// Connecting (and negotiating the API version) must not hold up an execution for long: when
 /// the daemon is away, docker executions fail fast with `docker_unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

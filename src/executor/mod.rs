@@ -26,6 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Agent, ExecError};
 use crate::events::Recorder;
 
+/// Input larger than this goes by stdin (and file) only: Linux refuses environment strings over
+/// 128 KiB, so `INPUT_DATA` is set only when it fits.
+pub const MAX_ENV_INPUT: usize = 100 * 1024;
+/// The largest output file an agent may write.
+pub const MAX_OUTPUT_FILE: usize = 16 * 1024 * 1024;
+
 /// What an executor needs to know about the execution it runs.
 #[derive(Debug, Clone)]
 pub struct Job {

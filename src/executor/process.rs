@@ -14,16 +14,15 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::proc_tree::TreeSampler;
-use super::{Executor, Exit, Job, LineReader, RunOutcome, json_object_line};
+use super::{
+    Executor, Exit, Job, LineReader, MAX_ENV_INPUT, MAX_OUTPUT_FILE, RunOutcome, json_object_line,
+};
 use crate::domain::{ExecError, LogStream, Runtime};
 use crate::events::Recorder;
 
 /// Variables passed through from the runtime's own environment; everything else an agent gets
 /// is explicit (its `env`, and the contract's variables), so the runtime's secrets stay home.
 const PASSTHROUGH_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
-/// Linux refuses a single environment string over 128 KiB; larger input goes by stdin and file.
-const MAX_ENV_INPUT: usize = 100 * 1024;
-const MAX_OUTPUT_FILE: u64 = 16 * 1024 * 1024;
 /// After the agent exits, how long its output pipes may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -242,7 +241,7 @@ async fn read_output_file(path: &Path) -> Result<Option<Value>, String> {
     let Ok(meta) = tokio::fs::metadata(path).await else {
         return Ok(None);
     };
-    if meta.len() > MAX_OUTPUT_FILE {
+    if meta.len() > MAX_OUTPUT_FILE as u64 {
         return Err(format!(
             "the output file is {} bytes, over the limit of {MAX_OUTPUT_FILE}",
             meta.len()
