@@ -43,6 +43,24 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct Connections(AtomicUsize);
 
+impl Connections {
+    /// A slot under `limit`, held until the returned guard is dropped — also when an upgrade
+    /// fails halfway and the connection never runs.
+    fn claim(self: &Arc<Self>, limit: usize) -> Option<Slot> {
+        let open = self.0.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(self.clone());
+        (open < limit).then_some(slot)
+    }
+}
+
+struct Slot(Arc<Connections>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
@@ -58,16 +76,14 @@ pub async fn upgrade(
         )
         .into_response();
     }
-    let open = state.connections.0.fetch_add(1, Ordering::SeqCst);
-    if open >= config.max_connections {
-        state.connections.0.fetch_sub(1, Ordering::SeqCst);
+    let Some(slot) = state.connections.claim(config.max_connections) else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "the server has reached its WebSocket connection limit",
         )
         .into_response();
-    }
+    };
     upgrade
         // Small buffers: an idle connection should cost a few KiB, not the default 128 KiB.
         .read_buffer_size(512)
@@ -80,7 +96,7 @@ pub async fn upgrade(
             metrics.websocket_connections.inc();
             Connection::new(state.clone(), caller).run(socket).await;
             metrics.websocket_connections.dec();
-            state.connections.0.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
         })
 }
 
