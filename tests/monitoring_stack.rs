@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::prometheus::{Prometheus, mix_agents, run_mix, sample};
-use common::{Client, TestServer};
+use common::{Client, ServerProcess, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -988,72 +987,33 @@ fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
 }
 
 /// The real binary started through the image's entrypoint script, with a shipped config file.
-struct Entrypoint {
-    child: Child,
-    url: String,
-}
-
-impl Entrypoint {
-    fn spawn(config: &Path, conf_dir: &Path, data: &Path, env: &[(&str, &str)]) -> Entrypoint {
-        let bin = Path::new(env!("CARGO_BIN_EXE_agentnexus"));
-        let path = format!(
-            "{}:{}",
-            bin.parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut command = Command::new("sh");
-        command
-            .arg(deploy("docker-entrypoint.sh"))
-            .arg("serve")
-            .env("PATH", path)
-            .env("AGENTNEXUS_CONFIG", config)
-            .env("AGENTNEXUS_CONFIG_DIR", conf_dir)
-            .env("TMPDIR", data)
-            // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
-            .env("AGENTNEXUS_BIND", "127.0.0.1:0")
-            .env("AGENTNEXUS_DATA_DIR", data.join("data"))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("addr=").nth(1) {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap().to_owned());
-                        sent = true;
-                    }
-                }
-                eprintln!("[entrypoint] {line}");
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the runtime starts with the shipped config and logs its address");
-        Entrypoint {
-            child,
-            url: format!("http://{addr}"),
-        }
+fn spawn_entrypoint(
+    config: &Path,
+    conf_dir: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let bin = Path::new(env!("CARGO_BIN_EXE_agentnexus"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("sh");
+    command
+        .arg(deploy("docker-entrypoint.sh"))
+        .arg("serve")
+        .env("PATH", path)
+        .env("AGENTNEXUS_CONFIG", config)
+        .env("AGENTNEXUS_CONFIG_DIR", conf_dir)
+        .env("TMPDIR", data)
+        // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
+        .env("AGENTNEXUS_BIND", "127.0.0.1:0")
+        .env("AGENTNEXUS_DATA_DIR", data.join("data"));
+    for (k, v) in env {
+        command.env(k, v);
     }
-
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Entrypoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ServerProcess::spawn_command(command)
 }
 
 fn toml_port(config: &str) -> u16 {
@@ -1182,7 +1142,7 @@ async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
         format!("[[api_keys]]\nkey = \"{key}\"\nuser = \"ops\"\nadmin = true\n"),
     )
     .unwrap();
-    let runtime = Entrypoint::spawn(&config_path, &conf_d, dir.path(), &[]);
+    let runtime = spawn_entrypoint(&config_path, &conf_d, dir.path(), &[]);
     for probe in [live, ready] {
         let path = probe["httpGet"]["path"].as_str().unwrap();
         assert_eq!(
@@ -1219,7 +1179,7 @@ async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
     assert_eq!(status_of(&agents, Some(key)).await, StatusCode::OK);
 
     // The image's health check script, as the Dockerfile and compose run it.
-    let port = runtime.port();
+    let port = runtime.addr.port();
     let check = |path: &str| {
         Command::new("bash")
             .arg(deploy("healthcheck.sh"))
@@ -1277,7 +1237,7 @@ async fn the_compose_config_and_image_run_the_runtime_with_the_admin_key_from_en
     let empty = dir.path().join("conf.d");
     std::fs::create_dir(&empty).unwrap();
     let key = "compose-test-admin-key-0123456789";
-    let runtime = Entrypoint::spawn(
+    let runtime = spawn_entrypoint(
         &deploy("agentnexus.toml"),
         &empty,
         dir.path(),
