@@ -39,12 +39,7 @@ fn assert_report_shape(body: &Value) {
 }
 
 async fn metric_value(server: &TestServer, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape(&server.url).await;
     text.lines()
         .find(|l| l.split([' ', '{']).next() == Some(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -9,20 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::prometheus::{Prometheus, mix_agents, run_mix};
-use common::{Client, TestServer, sh_agent};
+use common::{Client, TestServer, scrape, sh_agent};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn scrape(url: &str) -> String {
-    reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// (name, sorted labels) → value for every sample line of the text format.
 fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {

@@ -364,12 +364,7 @@ runtime = { type = "process", command = "seq", args = ["1", "300000"] }
     let deadline = Instant::now() + WAIT;
     loop {
         peak_growth = peak_growth.max(resident_kib(pid).saturating_sub(rss_before));
-        let text = reqwest::get(format!("{}/metrics", process.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::scrape(&process.url).await;
         if text.contains("agentnexus_websocket_slow_consumer_disconnects_total 1") {
             break;
         }
@@ -707,12 +702,7 @@ async fn connections_over_the_limit_are_refused_and_counted_ones_are_reported() 
         ready["checks"]["websocket"]["details"]["activeConnections"],
         2
     );
-    let text = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape(&server.url).await;
     assert!(
         text.contains("agentnexus_active_websocket_connections 2"),
         "{text}"

@@ -239,6 +239,16 @@ async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// The server's `/metrics` text.
+pub async fn scrape(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The log lines of an event list, in order.
 pub fn log_lines(events: &[Value]) -> Vec<String> {
     events
