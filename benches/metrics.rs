@@ -53,6 +53,7 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         last_seq: 0,
         agent,
         key: n as i64,
+        process: None,
     }
 }
 

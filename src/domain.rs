@@ -289,6 +289,17 @@ pub struct Execution {
     /// Store-internal key, used for the event stream and the hub.
     #[serde(skip)]
     pub key: i64,
+    /// The process group of a running process agent, once it started.
+    #[serde(skip)]
+    pub process: Option<ProcessGroup>,
+}
+
+/// A process group, named unambiguously: its leader's pid and start time (clock ticks since
+/// boot). A pid alone may have been reused by the time someone looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroup {
+    pub group: i32,
+    pub started_ticks: u64,
 }
 
 fn ser_rfc3339<S: Serializer>(ms: &EpochMs, s: S) -> Result<S::Ok, S::Error> {

@@ -10,7 +10,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::config::LogLimits;
 use crate::domain::{
-    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, Status, now_ms,
+    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, ProcessGroup, Status,
+    now_ms,
 };
 use crate::hub::{Batch, Hub};
 use crate::metrics::Metrics;
@@ -103,6 +104,11 @@ impl Recorder {
     /// Counts lines that were cut at the line length cap (reported by the line splitter).
     pub fn truncated_lines(&self, count: u64) {
         self.metrics.log_lines(0, count, 0);
+    }
+
+    /// Records where the agent runs, so that a restart after a crash can stop it.
+    pub async fn process_started(&self, process: ProcessGroup) -> store::Result<()> {
+        self.store.record_process(self.execution.key, process).await
     }
 
     pub async fn metrics(&self, memory_usage: u64, cpu_usage: f64) -> store::Result<()> {

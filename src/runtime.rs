@@ -210,6 +210,9 @@ impl Runtime {
                         }
                         self.docker_executor.remove_container(&container.id).await;
                     }
+                    if let Some(process) = execution.process {
+                        self.process.stop_leftover(process);
+                    }
                     let error = ExecError::new(
                         "runtime_restarted",
                         "the runtime stopped while this execution was running",

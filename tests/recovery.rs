@@ -112,3 +112,51 @@ runtime = { type = "process", command = "sh", args = ["-c", "sleep 1; echo finis
         "COMPLETED"
     );
 }
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test]
+async fn a_restart_stops_the_agents_a_crashed_runtime_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    // It writes nothing after its first line, so the crash of its reader does not end it.
+    let agents = r#"
+[[agents]]
+id = "silent"
+name = "Silent"
+price_wei = "1"
+runtime = { type = "process", command = "sh", args = ["-c", "echo pid $$; exec sleep 300"] }
+"#;
+    let config = write_config(dir.path(), agents);
+    let mut server = ServerProcess::spawn(&config);
+    let client = server.client();
+    let id = client.submit("silent", json!({})).await;
+    let pid: i32 = loop {
+        let lines = log_lines(&client.all_events(&id).await);
+        if let Some(pid) = lines.first().and_then(|l| l.strip_prefix("pid ")) {
+            break pid.parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.kill9();
+    assert!(alive(pid), "the agent should outlive the crash");
+
+    let server = ServerProcess::spawn(&config);
+    let execution = server.client().wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["error"]["kind"], "runtime_restarted");
+    for _ in 0..100 {
+        if !alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the agent left by the crashed runtime is still running");
+}

@@ -12,6 +12,9 @@ pub struct TreeSampler {
 
 struct ProcStat {
     pgrp: i32,
+    /// When the process started, in clock ticks since boot: with the pid, it names a process
+    /// unambiguously (a pid can be reused; the pair cannot).
+    start_ticks: u64,
     /// utime + stime + cutime + cstime: includes children that already exited and were reaped.
     cpu_ticks: u64,
     rss_pages: u64,
@@ -84,7 +87,13 @@ fn read_stat(pid: &str) -> Option<ProcStat> {
         pgrp: field(5)? as i32,
         cpu_ticks: (field(14)? + field(15)? + field(16)? + field(17)?).max(0) as u64,
         rss_pages: field(24)?.max(0) as u64,
+        start_ticks: field(22)?.max(0) as u64,
     })
+}
+
+/// The start time of process `pid` (clock ticks since boot), if it exists.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    read_stat(&pid.to_string()).map(|s| s.start_ticks)
 }
 
 #[cfg(test)]

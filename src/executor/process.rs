@@ -13,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::proc_tree::TreeSampler;
+use super::proc_tree::{self, TreeSampler};
 use super::{
     Executor, Exit, Job, LineReader, MAX_ENV_INPUT, MAX_OUTPUT_FILE, RunOutcome, json_object_line,
 };
-use crate::domain::{ExecError, LogStream, Runtime};
+use crate::domain::{ExecError, LogStream, ProcessGroup, Runtime};
 use crate::events::Recorder;
 
 /// Variables passed through from the runtime's own environment; everything else an agent gets
@@ -109,6 +109,13 @@ impl ProcessExecutor {
             }
         };
         let pgid = child.id().expect("a just-spawned child has a pid") as i32;
+        if let Some(started_ticks) = proc_tree::start_ticks(pgid) {
+            let group = ProcessGroup {
+                group: pgid,
+                started_ticks,
+            };
+            let _ = recorder.process_started(group).await;
+        }
 
         let mut stdin = child.stdin.take().expect("piped");
         let feeder = tokio::spawn(async move {
@@ -185,6 +192,20 @@ impl ProcessExecutor {
             }
         };
         (exit, true)
+    }
+}
+
+impl ProcessExecutor {
+    /// Kills what remains of a process group that a crashed run of the runtime left behind —
+    /// if its leader is still the same process (same pid and start time).
+    pub fn stop_leftover(&self, process: ProcessGroup) {
+        if proc_tree::start_ticks(process.group) == Some(process.started_ticks) {
+            tracing::info!(
+                group = process.group,
+                "stopping an agent left running by the previous run"
+            );
+            signal_group(process.group, libc::SIGKILL);
+        }
     }
 }
 

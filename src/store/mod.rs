@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::domain::{Agent, EpochMs, EventKind, ExecError, Execution, Status, Wei};
+use crate::domain::{Agent, EpochMs, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +106,8 @@ pub trait Store: Send + Sync + 'static {
     /// events become visible to readers once committed. Events for a finished execution are
     /// discarded.
     async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()>;
+    /// Records the process group a process agent runs in (queued like `append`).
+    async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()>;
     /// Waits until everything queued before this call is committed.
     async fn flush(&self) -> Result<()>;
 

@@ -20,12 +20,16 @@ use super::{
     TransitionOutcome,
 };
 use crate::domain::{
-    Agent, Event, EventData, EventKind, ExecError, Execution, Status, StatusData, Wei, now_ms,
+    Agent, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status, StatusData,
+    Wei, now_ms,
 };
 use crate::hub::Hub;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_process_group.sql"),
+];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
 /// a flood of log lines from growing memory without bound.
@@ -54,6 +58,10 @@ enum Command {
     Append {
         key: i64,
         events: Vec<NewEvent>,
+    },
+    RecordProcess {
+        key: i64,
+        process: ProcessGroup,
     },
     Transition {
         transition: Box<Transition>,
@@ -203,6 +211,13 @@ impl Store for SqliteStore {
         self.ask(|reply| Command::Flush { reply }).await
     }
 
+    async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()> {
+        self.commands
+            .send(Command::RecordProcess { key, process })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     async fn get_execution(&self, id: &str) -> Result<Option<Execution>> {
         let id = id.to_owned();
         self.readers
@@ -333,7 +348,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
 
 const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
-    peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq";
+    peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
+    process_group, process_started";
 
 /// Maps a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
@@ -346,6 +362,16 @@ fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
     let error_message: Option<String> = row.get(10)?;
     let started_at: Option<i64> = row.get(13)?;
     let finished_at: Option<i64> = row.get(14)?;
+    let process = match (
+        row.get::<_, Option<i32>>(20)?,
+        row.get::<_, Option<i64>>(21)?,
+    ) {
+        (Some(group), Some(started)) => Some(ProcessGroup {
+            group,
+            started_ticks: started as u64,
+        }),
+        _ => None,
+    };
     let columns = (
         row.get::<_, i64>(0)?,
         row.get::<_, String>(1)?,
@@ -399,6 +425,7 @@ fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
             last_seq: last_seq as u64,
             agent,
             key,
+            process,
         })
     })())
 }
@@ -539,6 +566,12 @@ impl Writer {
                     let result = transition_to(&tx, &mut self.active, *transition, pending);
                     pending.reply(reply, result);
                 }
+                Command::RecordProcess { key, process } => {
+                    tx.prepare_cached(
+                        "UPDATE executions SET process_group = ?2, process_started = ?3 WHERE key = ?1",
+                    )?
+                    .execute(params![key, process.group, process.started_ticks as i64])?;
+                }
                 Command::Flush { reply } => pending.reply(reply, Ok(())),
             }
         }
@@ -628,6 +661,7 @@ fn create(
         last_seq: 1,
         agent: new.agent,
         key,
+        process: None,
     })
 }
 
