@@ -87,6 +87,7 @@ pub struct Metrics {
     container_memory: Family<ResourceLabels, Gauge>,
     container_cpu: Family<ResourceLabels, FloatGauge>,
     pub database_healthy: Gauge,
+    pub memory_limit_bytes: Gauge,
     queue_depth: Gauge,
     pub websocket_messages_sent: Counter,
     pub websocket_slow_consumers: Counter,
@@ -119,6 +120,7 @@ impl Metrics {
         let container_memory = Family::default();
         let container_cpu = Family::default();
         let database_healthy = Gauge::default();
+        let memory_limit_bytes = Gauge::default();
         let queue_depth = Gauge::default();
         let websocket_messages_sent = Counter::default();
         let websocket_slow_consumers = Counter::default();
@@ -184,6 +186,11 @@ impl Metrics {
             database_healthy.clone(),
         );
         registry.register(
+            "agentnexus_memory_limit_bytes",
+            "The memory the runtime may use: its cgroup limit, else the configured limit, else the machine's memory",
+            memory_limit_bytes.clone(),
+        );
+        registry.register(
             "agentnexus_execution_queue_depth",
             "Executions waiting for a slot (PENDING)",
             queue_depth.clone(),
@@ -243,6 +250,7 @@ impl Metrics {
             container_memory,
             container_cpu,
             database_healthy,
+            memory_limit_bytes,
             queue_depth,
             websocket_messages_sent,
             websocket_slow_consumers,

@@ -154,6 +154,10 @@ impl Runtime {
             let agent = config.agent(entry).map_err(Error::Invalid)?;
             runtime.store.put_agent(&agent, true, true).await?;
         }
+        if let Some(memory) = crate::health::memory_standing(config.health.memory_limit_bytes) {
+            let limit = i64::try_from(memory.limit_bytes).unwrap_or(i64::MAX);
+            runtime.metrics.memory_limit_bytes.set(limit);
+        }
         for agent in runtime.store.list_agents().await? {
             let revenue = runtime.store.revenue(&agent.id).await?;
             runtime

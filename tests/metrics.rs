@@ -246,9 +246,12 @@ async fn every_metric_of_the_spec_is_there_with_its_type_and_labels() {
         "process_open_fds",
         "process_start_time_seconds",
         "agentnexus_runtime_alive_tasks",
+        "agentnexus_memory_limit_bytes",
     ] {
         assert!(samples.keys().any(|(n, _)| n == name), "{name} missing");
     }
+    let limit = samples[&("agentnexus_memory_limit_bytes".to_owned(), BTreeMap::new())];
+    assert!(limit > 64.0 * 1024.0 * 1024.0, "memory limit {limit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
