@@ -191,11 +191,7 @@ async fn success_with_input_env_and_last_json_line_as_output() {
             ],
             "{kind:?}"
         );
-        let statuses: Vec<_> = events
-            .iter()
-            .filter(|e| e["type"] == "status")
-            .map(|e| e["data"]["status"].as_str().unwrap())
-            .collect();
+        let statuses = common::statuses(&events);
         assert_eq!(statuses, ["PENDING", "RUNNING", "COMPLETED"], "{kind:?}");
         if let Kind::Docker = kind {
             wait_no_container(&exec).await;
@@ -658,11 +654,7 @@ async fn containers_survive_a_kill_9_of_the_runtime_and_complete_with_full_logs(
         let expected_err: Vec<String> = (1..=*n).map(|i| format!("err {i}")).collect();
         assert_eq!(of("stdout"), expected_out, "stdout of {id}");
         assert_eq!(of("stderr"), expected_err, "stderr of {id}");
-        let statuses: Vec<_> = events
-            .iter()
-            .filter(|e| e["type"] == "status")
-            .map(|e| e["data"]["status"].as_str().unwrap())
-            .collect();
+        let statuses = common::statuses(&events);
         assert_eq!(statuses, ["PENDING", "RUNNING", "COMPLETED"]);
         wait_no_container(id).await;
     }

@@ -40,11 +40,7 @@ async fn a_successful_agent_completes_with_its_last_json_line_as_output() {
             "done".to_owned(),
         ]
     );
-    let statuses: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "status")
-        .map(|e| e["data"]["status"].as_str().unwrap())
-        .collect();
+    let statuses = common::statuses(&events);
     assert_eq!(statuses, ["PENDING", "RUNNING", "COMPLETED"]);
     assert_eq!(
         events.last().unwrap()["data"]["output"],
@@ -138,22 +134,9 @@ fn printed_pids(events: &[serde_json::Value]) -> Vec<i32> {
         .collect()
 }
 
-fn process_is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie has already exited; it only waits for its (new) parent to reap it.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .trim_start()
-            .starts_with('Z'),
-    }
-}
-
 async fn wait_gone(pids: &[i32]) {
     for _ in 0..100 {
-        if pids.iter().all(|&p| process_is_gone(p)) {
+        if pids.iter().all(|&p| common::process_is_gone(p)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

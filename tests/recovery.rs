@@ -113,17 +113,6 @@ runtime = { type = "process", command = "sh", args = ["-c", "sleep 1; echo finis
     );
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
 #[tokio::test]
 async fn a_restart_stops_the_agents_a_crashed_runtime_left_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,13 +136,16 @@ runtime = { type = "process", command = "sh", args = ["-c", "echo pid $$; exec s
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     server.kill9();
-    assert!(alive(pid), "the agent should outlive the crash");
+    assert!(
+        !common::process_is_gone(pid),
+        "the agent should outlive the crash"
+    );
 
     let server = ServerProcess::spawn(&config);
     let execution = server.client().wait_terminal(&id, WAIT).await;
     assert_eq!(execution["error"]["kind"], "runtime_restarted");
     for _ in 0..100 {
-        if !alive(pid) {
+        if common::process_is_gone(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -272,6 +272,28 @@ pub fn tagged_lines(events: &[Value]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The statuses the stream announced, in order.
+pub fn statuses(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "status")
+        .map(|e| e["data"]["status"].as_str().unwrap())
+        .collect()
+}
+
+/// Whether process `pid` has exited (a zombie has: it only waits for its parent to reap it).
+pub fn process_is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+    }
+}
+
 /// Asserts the seqs are exactly 1..=n.
 pub fn assert_gapless(events: &[Value]) {
     for (i, event) in events.iter().enumerate() {
