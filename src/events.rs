@@ -4,9 +4,12 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::config::LogLimits;
 use crate::domain::{
@@ -158,12 +161,22 @@ fn new_event(kind: EventKind, data: &EventData, timestamp: i64) -> NewEvent {
 /// Events read from the store per round trip while catching up.
 const PAGE: usize = 1000;
 
+/// A live batch and the receiver, handed back so that the next receive reuses the box.
+type Received = (Result<Batch, RecvError>, broadcast::Receiver<Batch>);
+
+async fn receive(mut live: broadcast::Receiver<Batch>) -> Received {
+    (live.recv().await, live)
+}
+
 /// Follows one execution's stream from `since` (exclusive) to its final status event.
 ///
 /// It subscribes to live events before reading the store, so nothing published in between is
 /// missed; it drops live events it already has; and whenever the live feed has a hole (it
 /// lagged, or joined late) it reads the hole from the store, where every published event
 /// already is. Hence: every event once, in order, whatever the timing.
+///
+/// It is a poll-driven state machine (`poll_next`) so that a WebSocket connection can drive many
+/// of them from its one task; an idle follower is this struct and one small boxed receive.
 pub struct Follow {
     /// The execution's status and last seq when following began (after subscribing).
     pub start_status: Status,
@@ -172,7 +185,10 @@ pub struct Follow {
     hub: Arc<Hub>,
     key: i64,
     last_seq: u64,
-    live: Option<broadcast::Receiver<Batch>>,
+    /// `None` only while dropping.
+    live: Option<ReusableBoxFuture<'static, Received>>,
+    /// A store read in flight while catching up.
+    reading: Option<BoxFuture<'static, store::Result<Vec<Event>>>>,
     queue: VecDeque<Event>,
     catching_up: bool,
     live_closed: bool,
@@ -207,7 +223,8 @@ impl Follow {
             hub,
             key: execution.key,
             last_seq: since,
-            live: Some(live),
+            live: Some(ReusableBoxFuture::new(receive(live))),
+            reading: None,
             queue: VecDeque::new(),
             catching_up: true,
             live_closed: false,
@@ -217,23 +234,26 @@ impl Follow {
 
     /// The next event, or `None` once the final status event has been delivered.
     pub async fn next(&mut self) -> store::Result<Option<Event>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// `next` for callers that drive followers by hand.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<store::Result<Option<Event>>> {
         loop {
-            if let Some(event) = self.queue.pop_front() {
-                if event.seq <= self.last_seq {
-                    continue;
-                }
-                self.last_seq = event.seq;
-                if event.status().is_some_and(|s| s.is_terminal()) {
-                    self.done = true;
-                    self.queue.clear();
-                }
-                return Ok(Some(event));
+            if let Some(event) = self.pop_queued() {
+                return Poll::Ready(Ok(Some(event)));
             }
             if self.done {
-                return Ok(None);
+                return Poll::Ready(Ok(None));
             }
             if self.catching_up {
-                let page = self.store.events(self.key, self.last_seq, PAGE).await?;
+                let reading = self.reading.get_or_insert_with(|| {
+                    let (store, key, after) = (self.store.clone(), self.key, self.last_seq);
+                    Box::pin(async move { store.events(key, after, PAGE).await })
+                });
+                let page = ready!(reading.as_mut().poll(cx));
+                self.reading = None;
+                let page = page?;
                 if page.len() < PAGE {
                     self.catching_up = false;
                 }
@@ -245,7 +265,9 @@ impl Follow {
                 continue;
             }
             let live = self.live.as_mut().expect("present until drop");
-            match live.recv().await {
+            let (received, receiver) = ready!(live.poll(cx));
+            live.set(receive(receiver));
+            match received {
                 Ok(batch) => {
                     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                         continue;
@@ -269,6 +291,24 @@ impl Follow {
         }
     }
 
+    /// The next event already read, skipping any the reader has.
+    fn pop_queued(&mut self) -> Option<Event> {
+        while let Some(event) = self.queue.pop_front() {
+            if event.seq <= self.last_seq {
+                continue;
+            }
+            self.last_seq = event.seq;
+            if event.status().is_some_and(|s| s.is_terminal()) {
+                self.done = true;
+                self.queue.clear();
+            }
+            return Some(event);
+        }
+        // An idle follower keeps no buffer (after catching up, a large one).
+        self.queue = VecDeque::new();
+        None
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -276,6 +316,7 @@ impl Follow {
 
 impl Drop for Follow {
     fn drop(&mut self) {
+        // The receiver lives in the boxed receive; it must be gone before the release.
         drop(self.live.take());
         self.hub.release(self.key);
     }

@@ -133,7 +133,7 @@ async fn serve(
     app: axum::Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }

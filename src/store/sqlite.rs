@@ -36,6 +36,8 @@ const MIGRATIONS: &[&str] = &[
 const WRITE_QUEUE: usize = 1024;
 /// Upper bound of commands per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 4096;
+/// Reads running at once; more wait their turn. Without a bound, a burst of reads would start
+/// a blocking thread and open a SQLite connection (with its own page cache) for each.
 const READERS: usize = 4;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -114,6 +116,7 @@ impl SqliteStore {
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
+                turns: Arc::new(tokio::sync::Semaphore::new(READERS)),
             }),
         })
     }
@@ -438,6 +441,7 @@ fn duration(started_at: Option<i64>, finished_at: Option<i64>) -> Option<i64> {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Readers {
@@ -446,8 +450,11 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let turn = (self.turns.clone().acquire_owned().await).map_err(|_| StoreError::Closed)?;
         let readers = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
+            // Held until the read is done, even if the caller stops waiting for it.
+            let _turn = turn;
             let idle = readers.idle.lock().unwrap().pop();
             let conn = match idle {
                 Some(conn) => conn,
