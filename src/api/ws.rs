@@ -257,8 +257,9 @@ struct Ending(u16, &'static str);
 
 /// What the connection's task does next.
 enum Step {
-    /// A text message from the client.
+    /// A message from the client.
     Text(Utf8Bytes),
+    Binary,
     End(Option<Ending>),
 }
 
@@ -327,6 +328,7 @@ impl Connection {
                     // Boxed: client messages are rare, and an idle connection should not carry
                     // the space of this future in its own.
                     Step::Text(text) => Box::pin(self.handle(&text)).await,
+                    Step::Binary => self.reject_binary(),
                     Step::End(ending) => break ending,
                 }
             };
@@ -336,10 +338,9 @@ impl Connection {
     }
 
     /// Does everything that can be done now without waiting: the shutdown signal, the timer,
-    /// the client's frames, the followers into the outbox, the outbox into the socket. Returns
+    /// the followers into the outbox, the outbox into the socket, the client's frames. Returns
     /// at a client message to handle or at the end of the connection.
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
-        let mut budget = MESSAGES_PER_POLL;
         loop {
             if self.closing.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::End(Some(Ending(
@@ -355,31 +356,22 @@ impl Connection {
                 self.timer.as_mut().reset(deadline);
                 continue;
             }
+            // Outbound before inbound: a client that keeps sending must not stall its streams.
+            let Ok(more) = self.pump(cx) else {
+                return Poll::Ready(Step::End(None));
+            };
             if let Poll::Ready(step) = self.poll_inbound(cx) {
                 return Poll::Ready(step);
-            }
-            loop {
-                budget = budget.saturating_sub(self.fill(cx, budget));
-                match self.outbox.write(&mut self.socket, cx) {
-                    Ok(0) => break,
-                    Ok(sent) => {
-                        self.state
-                            .runtime
-                            .metrics()
-                            .websocket_messages_sent
-                            .inc_by(sent);
-                    }
-                    Err(()) => return Poll::Ready(Step::End(None)),
-                }
-                if budget == 0 {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
             }
             match (self.outbox.has_room(), self.full_since) {
                 (true, _) => self.full_since = None,
                 (false, None) => self.full_since = Some(Instant::now()),
                 (false, Some(_)) => {}
+            }
+            if more {
+                // Yield to other tasks, then go on.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             let deadline = self.deadline();
             if self.timer.deadline() != deadline {
@@ -387,6 +379,25 @@ impl Connection {
                 continue;
             }
             return Poll::Pending;
+        }
+    }
+
+    /// Moves events from the followers through the outbox into the socket until nothing more
+    /// can move (`Ok(false)`), or until `MESSAGES_PER_POLL` have moved (`Ok(true)`: there may be
+    /// more). `Err` when the socket is gone.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut budget = MESSAGES_PER_POLL;
+        loop {
+            budget -= self.fill(cx, budget);
+            let sent = self.outbox.write(&mut self.socket, cx)?;
+            if sent == 0 {
+                return Ok(false);
+            }
+            let metrics = self.state.runtime.metrics();
+            metrics.websocket_messages_sent.inc_by(sent);
+            if budget == 0 {
+                return Ok(true);
+            }
         }
     }
 
@@ -438,11 +449,7 @@ impl Connection {
                     return Poll::Ready(Step::End(ending));
                 }
                 Some(Ok(Message::Text(text))) => return Poll::Ready(Step::Text(text)),
-                Some(Ok(Message::Binary(_))) => self.outbox.error(
-                    None,
-                    "bad_request",
-                    "binary frames are not supported; send JSON text",
-                ),
+                Some(Ok(Message::Binary(_))) => return Poll::Ready(Step::Binary),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             }
         }
@@ -484,13 +491,28 @@ impl Connection {
         moved
     }
 
-    /// Handles one client message.
+    /// Whether a client message is within the rate limit; tells the client when it is not.
+    fn admit(&mut self) -> bool {
+        if self.limit.allow() {
+            return true;
+        }
+        if self.limit.complain() {
+            self.outbox
+                .error(None, "rate_limited", "too many messages; slow down");
+        }
+        false
+    }
+
+    fn reject_binary(&mut self) {
+        if self.admit() {
+            let message = "binary frames are not supported; send JSON text";
+            self.outbox.error(None, "bad_request", message);
+        }
+    }
+
+    /// Handles one client text message.
     async fn handle(&mut self, text: &str) {
-        if !self.limit.allow() {
-            if self.limit.complain() {
-                self.outbox
-                    .error(None, "rate_limited", "too many messages; slow down");
-            }
+        if !self.admit() {
             return;
         }
         let message: Value = match serde_json::from_str(text) {
