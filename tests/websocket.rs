@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use agentnexus::config::ApiKey;
-use common::{TestServer, sh_agent};
+use common::{TestServer, log_lines, sh_agent};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -176,6 +176,25 @@ async fn messages_have_the_spec_shapes_with_seq_and_an_acknowledgement() {
     assert_eq!(last["data"]["output"], json!({"result": "done"}));
     assert_eq!(events, stored_messages(&server, &id).await);
     ws.ping_pong().await;
+}
+
+#[tokio::test]
+async fn a_line_that_escapes_to_a_huge_message_is_delivered_whole() {
+    // 100,000 control characters: JSON escapes each one as `\u0001`, so the message is ~600 KB,
+    // far more than the socket's write buffer.
+    let script = r"head -c 100000 /dev/zero | tr '\000' '\001'; echo; echo after";
+    let server = TestServer::start_with(vec![sh_agent("wide", "1", script)], |c| {
+        c.logs.max_line_bytes = 128 * 1024
+    })
+    .await;
+    let id = server.client.submit("wide", json!({})).await;
+    let mut ws = Ws::connect(&server).await;
+    ws.subscribe(&id, None).await;
+    let events = ws.events_until_end(&id).await;
+    assert_eq!(
+        log_lines(&events),
+        ["\u{1}".repeat(100_000), "after".into()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,8 +673,10 @@ async fn every_kind_of_bad_message_gets_its_error_and_the_server_keeps_serving()
         .send_all(&mut futures_util::stream::iter(flood))
         .await
         .unwrap();
+    // The first subscribes are within the burst allowance (100): each replays the finished
+    // execution (an acknowledgement and 4 events) before the complaint comes.
     let mut saw_rate_limited = false;
-    for _ in 0..20 {
+    for _ in 0..1000 {
         let m = burst.message().await;
         if m["type"] == "error" && m["data"]["code"] == "rate_limited" {
             saw_rate_limited = true;

@@ -96,7 +96,11 @@ pub async fn upgrade(
         // Client messages are small (a subscribe is under 128 bytes); a larger one grows it.
         .read_buffer_size(256)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(config.max_message_bytes.max(64 * 1024) * 2)
+        // No cap of its own: the connection waits for `poll_ready`, so this buffer never holds
+        // more than the size above plus one message, and the outbox bounds the rest. A cap
+        // would refuse a message larger than itself (a long line of control characters, escaped)
+        // and drop the connection on every retry.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_upgrade(move |socket| Connection::new(socket, state, caller, slot).run())
