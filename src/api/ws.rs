@@ -267,6 +267,8 @@ enum Step {
     End(Option<Ending>),
 }
 
+/// One client connection: all of its state, driven by its one task (`run`). Every byte here is
+/// paid once per open connection.
 struct Connection {
     socket: WebSocket,
     state: AppState,
