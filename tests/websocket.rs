@@ -428,6 +428,58 @@ runtime = { type = "process", command = "seq", args = ["1", "300000"] }
     assert_eq!(rest, (last_seq + 1..=total).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_pipelining_subscribes_to_long_histories_all_get_them() {
+    // Each client sends all its subscribes at once: the first replays are still catching up
+    // from the store (some behind a full outbox) while the next subscribes need reads of their
+    // own. Queued reads must not wait on each other's connections.
+    let server = TestServer::start_with(vec![sh_agent("many", "1", "seq 1 5000")], |c| {
+        c.websocket.send_queue_bytes = 64 * 1024
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(server.client.submit("many", json!({})).await);
+    }
+    for id in &ids {
+        server.client.wait_terminal(id, WAIT).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let mut ws = Ws::connect(&server).await;
+        let ids = ids.clone();
+        clients.push(tokio::spawn(async move {
+            for id in &ids {
+                let subscribe = json!({"type": "subscribe", "executionId": id});
+                ws.0.feed(Message::text(subscribe.to_string()))
+                    .await
+                    .unwrap();
+            }
+            ws.0.flush().await.unwrap();
+            let mut lines = 0;
+            let mut finished = 0;
+            while finished < ids.len() {
+                // Acknowledgements and streams of different executions interleave.
+                let m = ws.message().await;
+                match m["type"].as_str() {
+                    Some("log") => lines += 1,
+                    Some("status") if m["data"]["status"] == "COMPLETED" => finished += 1,
+                    _ => {}
+                }
+            }
+            lines
+        }));
+    }
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 8 * 5000);
+    }
+    let fresh = tokio::time::timeout(Duration::from_secs(10), server.client.execution(&ids[0]));
+    assert_eq!(
+        fresh.await.expect("REST still answers")["status"],
+        "COMPLETED"
+    );
+}
+
 #[tokio::test]
 async fn one_connection_follows_many_executions_each_event_once() {
     let server = TestServer::start(vec![sh_agent("a", "1", "sleep 0.2; seq 1 50")]).await;

@@ -282,7 +282,7 @@ struct Connection {
     timer: Pin<Box<Sleep>>,
     next_ping: Instant,
     last_inbound: Instant,
-    /// Since when the outbox has been full.
+    /// Since when the outbox has been full without the client reading anything.
     full_since: Option<Instant>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     _slot: Slot,
@@ -366,23 +366,22 @@ impl Connection {
             let Ok(more) = self.pump(cx) else {
                 return Poll::Ready(Step::End(None));
             };
+            if self.outbox.has_room() {
+                self.full_since = None;
+            } else if self.full_since.is_none() {
+                self.full_since = Some(Instant::now());
+            }
             if let Poll::Ready(step) = self.poll_inbound(cx) {
                 return Poll::Ready(step);
-            }
-            match (self.outbox.has_room(), self.full_since) {
-                (true, _) => self.full_since = None,
-                (false, None) => self.full_since = Some(Instant::now()),
-                (false, Some(_)) => {}
-            }
-            if more {
-                // Yield to other tasks, then go on.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
             }
             let deadline = self.deadline();
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
                 continue;
+            }
+            if more {
+                // Yield to other tasks, then go on.
+                cx.waker().wake_by_ref();
             }
             return Poll::Pending;
         }
@@ -399,6 +398,8 @@ impl Connection {
             if sent == 0 {
                 return Ok(false);
             }
+            // The client is reading: a full outbox counts as slow only without progress.
+            self.full_since = None;
             let metrics = self.state.runtime.metrics();
             metrics.websocket_messages_sent.inc_by(sent);
             if budget == 0 {

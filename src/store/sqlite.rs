@@ -36,8 +36,8 @@ const MIGRATIONS: &[&str] = &[
 const WRITE_QUEUE: usize = 1024;
 /// Upper bound of commands per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 4096;
-/// Reads running at once; more wait their turn. Without a bound, a burst of reads would start
-/// a blocking thread and open a SQLite connection (with its own page cache) for each.
+/// Reader threads, each with its own read-only connection. Reads queue for the next free one:
+/// a burst of reads costs queue entries, not threads and connections (each with a page cache).
 const READERS: usize = 4;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -76,7 +76,7 @@ enum Command {
 
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
-    readers: Arc<Readers>,
+    readers: Readers,
 }
 
 impl SqliteStore {
@@ -113,11 +113,7 @@ impl SqliteStore {
             })?;
         Ok(SqliteStore {
             commands,
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::new(Vec::new()),
-                turns: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            }),
+            readers: Readers::start(path)?,
         })
     }
 
@@ -437,46 +433,77 @@ fn duration(started_at: Option<i64>, finished_at: Option<i64>) -> Option<i64> {
     Some((finished_at? - started_at?).max(0))
 }
 
-/// Read-only connections, opened on demand and kept for reuse.
+/// A read, run on a reader thread with that thread's connection (or the error opening it).
+type ReadJob = Box<dyn FnOnce(Result<&Connection>) + Send>;
+
+/// The reader threads. A read runs whether or not its caller is still waiting, and holds
+/// nothing while queued, so a caller that is slow to poll its answer (a WebSocket follower
+/// behind a full outbox) cannot hold up anyone else's reads.
 struct Readers {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    turns: Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::Sender<ReadJob>,
 }
 
 impl Readers {
-    async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    fn start(path: PathBuf) -> Result<Readers> {
+        let (jobs, queue) = std::sync::mpsc::channel::<ReadJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..READERS {
+            let (own_path, queue) = (path.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name(format!("store-reader-{i}"))
+                .spawn(move || serve_reads(&own_path, &queue))
+                .map_err(|source| StoreError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        Ok(Readers { path, jobs })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let turn = (self.turns.clone().acquire_owned().await).map_err(|_| StoreError::Closed)?;
-        let readers = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            // Held until the read is done, even if the caller stops waiting for it.
-            let _turn = turn;
-            let idle = readers.idle.lock().unwrap().pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open_with_flags(
-                        &readers.path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                    conn
-                }
-            };
-            let result = f(&conn);
-            let mut idle = readers.idle.lock().unwrap();
-            if idle.len() < READERS {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(conn.and_then(f));
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// A reader thread: takes the next queued read until the store is dropped. Its connection is
+/// opened at the first read (after the writer has created the database) and reopened after a
+/// failed open.
+fn serve_reads(path: &Path, queue: &Mutex<std::sync::mpsc::Receiver<ReadJob>>) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let Ok(job) = queue.lock().unwrap().recv() else {
+            return;
+        };
+        if conn.is_none() {
+            match open_reader(path) {
+                Ok(opened) => conn = Some(opened),
+                Err(e) => {
+                    job(Err(e));
+                    continue;
+                }
+            }
+        }
+        job(Ok(conn.as_ref().expect("opened above")));
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 /// What the writer remembers of an execution it is appending to.
