@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite database in WAL mode, written by a single dedicated thread
-//! that commits whatever has queued up in one transaction (group commit), read through a small
-//! pool of read-only connections.
+//! that commits whatever has queued up in one transaction (group commit), read by a few reader
+//! threads, each with its own read-only connection.
 //!
 //! The writer is the one place that assigns `seq` numbers and applies status changes, so both
 //! are serialized without locks: per execution, events are numbered in the order they were
