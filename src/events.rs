@@ -158,8 +158,11 @@ fn new_event(kind: EventKind, data: &EventData, timestamp: i64) -> NewEvent {
     }
 }
 
-/// Events read from the store per round trip while catching up.
+/// Events read from the store per round trip while catching up: at most this many, and no
+/// more than about `PAGE_BYTES` of data, because a follower holds its page until its reader
+/// has taken every event (a thousand 16 KiB lines would be 16 MB per follower).
 const PAGE: usize = 1000;
+const PAGE_BYTES: usize = 256 * 1024;
 
 /// A live batch and the receiver, handed back so that the next receive reuses the box.
 type Received = (Result<Batch, RecvError>, broadcast::Receiver<Batch>);
@@ -249,12 +252,13 @@ impl Follow {
             if self.catching_up {
                 let reading = self.reading.get_or_insert_with(|| {
                     let (store, key, after) = (self.store.clone(), self.key, self.last_seq);
-                    Box::pin(async move { store.events(key, after, PAGE).await })
+                    Box::pin(async move { store.events(key, after, PAGE, PAGE_BYTES).await })
                 });
                 let page = ready!(reading.as_mut().poll(cx));
                 self.reading = None;
                 let page = page?;
-                if page.len() < PAGE {
+                let bytes: usize = page.iter().map(|e| e.data.get().len()).sum();
+                if page.len() < PAGE && bytes < PAGE_BYTES {
                     self.catching_up = false;
                 }
                 if page.is_empty() && self.live_closed {

@@ -335,7 +335,9 @@ impl Runtime {
         let mut point = ResumePoint::default();
         let mut since = 0;
         loop {
-            let page = self.store.events(execution.key, since, PAGE).await?;
+            let page = (self.store)
+                .events(execution.key, since, PAGE, usize::MAX)
+                .await?;
             for event in &page {
                 if event.kind != domain::EventKind::Log {
                     continue;
@@ -489,7 +491,10 @@ impl Runtime {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let execution = self.execution(caller, id).await?;
-        Ok(self.store.events(execution.key, since, limit).await?)
+        Ok(self
+            .store
+            .events(execution.key, since, limit, usize::MAX)
+            .await?)
     }
 
     /// Every event after `since`, stored then live, until the final status.

@@ -146,6 +146,42 @@ async fn many_followers_of_a_flood_each_get_the_complete_stream() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catching_up_on_long_lines_gets_them_all_while_the_agent_is_quiet() {
+    // 100 lines of 10 KB (more than one catch-up page by size, far fewer events than one by
+    // count), then a long quiet spell: the follower must not wait for the next event to learn
+    // that the store holds more.
+    let script =
+        r#"i=1; while [ $i -le 100 ]; do printf "%010000d\n" $i; i=$((i+1)); done; sleep 30"#;
+    let server = TestServer::start_with(vec![sh_agent("wide", "1", script)], |c| {
+        // No resource samples either: nothing live would come for the whole sleep.
+        c.sample_interval_ms = 3_600_000
+    })
+    .await;
+    let id = server.client.submit("wide", json!({})).await;
+    while log_lines(&server.client.all_events(&id).await).len() < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut follow = server
+        .runtime()
+        .follow(&Caller::local(), &id, 0)
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 100 {
+        let event = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("the follower waited for a live event with stored ones unread")
+            .unwrap()
+            .expect("not finished yet");
+        if let Some(line) = log_lines(&[serde_json::to_value(&event).unwrap()]).pop() {
+            lines.push(line);
+        }
+    }
+    let expected: Vec<_> = (1..=100).map(|i| format!("{i:010000}")).collect();
+    assert_eq!(lines, expected);
+}
+
 #[tokio::test]
 async fn long_lines_are_truncated_and_bad_utf8_is_kept() {
     let script = r#"head -c 100000 /dev/zero | tr '\0' 'a'; echo; printf 'caf\351 ok\n'"#;

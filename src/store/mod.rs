@@ -115,8 +115,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>>;
     /// Executions left PENDING or RUNNING, oldest first: what a restart must recover.
     async fn unfinished_executions(&self) -> Result<Vec<Execution>>;
-    async fn events(&self, key: i64, since: u64, limit: usize)
-    -> Result<Vec<crate::domain::Event>>;
+    /// Events after `since`, in order: at most `limit` of them, and none after the one that
+    /// brings their data to `max_bytes` (so one page of long lines stays small).
+    async fn events(
+        &self,
+        key: i64,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<crate::domain::Event>>;
     /// Sum of the prices of an agent's completed executions, exact.
     async fn revenue(&self, agent_id: &str) -> Result<Wei>;
     /// A real round trip to the database, for readiness.

@@ -270,7 +270,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn events(&self, key: i64, since: u64, limit: usize) -> Result<Vec<Event>> {
+    async fn events(
+        &self,
+        key: i64,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
         self.readers
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
@@ -285,18 +291,24 @@ impl Store for SqliteStore {
                         row.get::<_, i64>(3)?,
                     ))
                 })?;
-                rows.map(|row| {
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                for row in rows {
+                    if bytes >= max_bytes {
+                        break;
+                    }
                     let (seq, kind, data, timestamp) = row?;
-                    Ok(Event {
+                    bytes += data.len();
+                    events.push(Event {
                         seq: seq as u64,
                         kind: EventKind::parse(&kind)
                             .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind:?}")))?,
                         data: RawValue::from_string(data)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         timestamp,
-                    })
-                })
-                .collect()
+                    });
+                }
+                Ok(events)
             })
             .await
     }
