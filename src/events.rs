@@ -192,7 +192,11 @@ pub struct Follow {
     live: Option<ReusableBoxFuture<'static, Received>>,
     /// A store read in flight while catching up.
     reading: Option<BoxFuture<'static, store::Result<Vec<Event>>>>,
+    /// Events read from the store, not delivered yet.
     queue: VecDeque<Event>,
+    /// The live batch being delivered, and the position in it. Shared with every other follower
+    /// of the execution, never copied: a thousand followers of a large commit hold one batch.
+    batch: Option<(Batch, usize)>,
     catching_up: bool,
     live_closed: bool,
     done: bool,
@@ -229,6 +233,7 @@ impl Follow {
             live: Some(ReusableBoxFuture::new(receive(live))),
             reading: None,
             queue: VecDeque::new(),
+            batch: None,
             catching_up: true,
             live_closed: false,
             done,
@@ -283,8 +288,7 @@ impl Follow {
                         self.catching_up = true;
                         continue;
                     }
-                    self.queue
-                        .extend(batch.iter().filter(|e| e.seq > self.last_seq).cloned());
+                    self.batch = Some((batch, 0));
                 }
                 Err(RecvError::Lagged(_)) => self.catching_up = true,
                 Err(RecvError::Closed) => {
@@ -295,9 +299,27 @@ impl Follow {
         }
     }
 
-    /// The next event already read, skipping any the reader has.
+    /// The next event already read (from the store or a live batch), skipping any the reader
+    /// has.
     fn pop_queued(&mut self) -> Option<Event> {
-        while let Some(event) = self.queue.pop_front() {
+        loop {
+            let event = if let Some(event) = self.queue.pop_front() {
+                event
+            } else if let Some((batch, next)) = &mut self.batch {
+                let Some(event) = batch.get(*next) else {
+                    self.batch = None;
+                    continue;
+                };
+                *next += 1;
+                if event.seq <= self.last_seq {
+                    continue;
+                }
+                event.clone()
+            } else {
+                // An idle follower keeps no buffer (after catching up, a large one).
+                self.queue = VecDeque::new();
+                return None;
+            };
             if event.seq <= self.last_seq {
                 continue;
             }
@@ -305,12 +327,10 @@ impl Follow {
             if event.status().is_some_and(|s| s.is_terminal()) {
                 self.done = true;
                 self.queue.clear();
+                self.batch = None;
             }
             return Some(event);
         }
-        // An idle follower keeps no buffer (after catching up, a large one).
-        self.queue = VecDeque::new();
-        None
     }
 
     pub fn last_seq(&self) -> u64 {
