@@ -354,13 +354,11 @@ impl Connection {
                     "server shutting down",
                 ))));
             }
+            // A fired timer moves the deadline on (or ends the connection); it is re-armed below.
             if self.timer.as_mut().poll(cx).is_ready() {
                 if let Some(ending) = self.on_timer() {
                     return Poll::Ready(Step::End(Some(ending)));
                 }
-                let deadline = self.deadline();
-                self.timer.as_mut().reset(deadline);
-                continue;
             }
             // Outbound before inbound: a client that keeps sending must not stall its streams.
             let Ok(more) = self.pump(cx) else {

@@ -496,16 +496,11 @@ fn serve_reads(path: &Path, queue: &Mutex<std::sync::mpsc::Receiver<ReadJob>>) {
         let Ok(job) = queue.lock().unwrap().recv() else {
             return;
         };
-        if conn.is_none() {
-            match open_reader(path) {
-                Ok(opened) => conn = Some(opened),
-                Err(e) => {
-                    job(Err(e));
-                    continue;
-                }
-            }
-        }
-        job(Ok(conn.as_ref().expect("opened above")));
+        let opened = match &mut conn {
+            Some(open) => Ok(&*open),
+            closed @ None => open_reader(path).map(|open| &*closed.insert(open)),
+        };
+        job(opened);
     }
 }
 
