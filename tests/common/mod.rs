@@ -17,6 +17,28 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// The one rule for a test whose external tool or privilege is missing (Docker, socat, root for
+/// a mount, ...): with `AGENTNEXUS_REQUIRE_TOOLS` set (CI sets it) the test fails; otherwise it
+/// says `SKIPPED: <why>` on stderr, appends the reason to `target/tmp/skipped.txt`, and the
+/// caller returns early. Always returns `false`, so `return skip(..)` reads naturally where a
+/// bool is expected.
+pub fn skip(why: &str) -> bool {
+    if std::env::var_os("AGENTNEXUS_REQUIRE_TOOLS").is_some() {
+        panic!("AGENTNEXUS_REQUIRE_TOOLS is set but {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "{why}");
+    }
+    false
+}
+
 /// A config for tests: port 0, a fresh data directory, fast sampling and kill grace.
 pub fn test_config(dir: &Path) -> Config {
     Config {
