@@ -9,7 +9,6 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use agentnexus::config::ConfigAgent;
@@ -18,58 +17,12 @@ use common::{Client, ServerProcess, TestServer, assert_gapless, log_lines, sh_ag
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const IMAGE: &str = "agentnexus-test-busybox:1";
+const IMAGE: &str = common::docker::TEST_IMAGE;
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Whether Docker and the test image are there; prints why not, or fails when CI requires it.
-fn docker_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        let info = Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output();
-        match info {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Err(format!(
-                    "the Docker daemon is not reachable: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Err(e) => return Err(format!("no docker command: {e}")),
-        }
-        let present = Command::new("docker")
-            .args(["image", "inspect", IMAGE])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker/build-test-image.sh");
-            let out = Command::new("sh").arg(script).arg(IMAGE).output();
-            match out {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => {
-                    return Err(format!(
-                        "cannot build the test image {IMAGE}: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                Err(e) => return Err(format!("cannot run the image build script: {e}")),
-            }
-        }
-        Ok(())
-    });
-    match ready {
-        Ok(()) => true,
-        Err(why) => common::skip(&why),
-    }
-}
 
 macro_rules! require_docker {
     () => {
-        if !docker_ready() {
+        if !common::docker::docker_ready() {
             return;
         }
     };
