@@ -560,7 +560,7 @@ impl Connection {
                             return self.outbox.error(
                                 Some(id),
                                 "bad_request",
-                                "`since` must be a non-negative integer (the last seq seen)",
+                                "`since` must be an integer from 0 to 18446744073709551615 (the last seq seen)",
                             );
                         }
                     },
