@@ -121,20 +121,74 @@ pub enum Runtime {
         #[serde(default)]
         env: BTreeMap<String, String>,
         /// Memory limit; swap is limited to the same amount (no swap beyond it).
-        #[serde(default = "docker_defaults::memory_bytes", alias = "memory_bytes")]
+        #[serde(
+            default = "docker_defaults::memory_bytes",
+            alias = "memory_bytes",
+            deserialize_with = "setting::memory_bytes"
+        )]
         memory_bytes: u64,
         /// CPU cores the container may use, like `docker run --cpus`.
-        #[serde(default = "docker_defaults::cpu_quota", alias = "cpu_quota")]
+        #[serde(
+            default = "docker_defaults::cpu_quota",
+            alias = "cpu_quota",
+            deserialize_with = "setting::cpu_quota"
+        )]
         cpu_quota: f64,
-        #[serde(default = "docker_defaults::pids_limit", alias = "pids_limit")]
+        #[serde(
+            default = "docker_defaults::pids_limit",
+            alias = "pids_limit",
+            deserialize_with = "setting::pids_limit"
+        )]
         pids_limit: u64,
         /// Docker network mode; `none` (no network) unless the agent needs one.
         #[serde(default = "docker_defaults::network")]
         network: String,
         /// Size of the writable tmpfs at `/tmp` (the root filesystem is read-only).
-        #[serde(default = "docker_defaults::tmp_bytes", alias = "tmp_bytes")]
+        #[serde(
+            default = "docker_defaults::tmp_bytes",
+            alias = "tmp_bytes",
+            deserialize_with = "setting::tmp_bytes"
+        )]
         tmp_bytes: u64,
     },
+}
+
+/// The numeric settings of a `Runtime`, read through `serde_json::Number`. Serde buffers the
+/// fields of an internally tagged enum before it knows the variant, and a buffered JSON number
+/// that is not a 64-bit integer (`0.5`, `1e3`) keeps serde_json's exact form, which plain `u64`
+/// and `f64` fields refuse with a confusing "invalid type: map". A `Number` accepts every form
+/// (and TOML's); the conversion then names the setting when the value does not fit.
+mod setting {
+    use serde::de::{Deserialize, Deserializer, Error};
+    use serde_json::Number;
+
+    fn whole<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u64, D::Error> {
+        let n = Number::deserialize(d)?;
+        n.as_u64().ok_or_else(|| {
+            D::Error::custom(format!(
+                "{name} must be an integer from 0 to {}, got {n}",
+                u64::MAX
+            ))
+        })
+    }
+
+    pub fn memory_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(d, "memoryBytes")
+    }
+
+    pub fn pids_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(d, "pidsLimit")
+    }
+
+    pub fn tmp_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(d, "tmpBytes")
+    }
+
+    pub fn cpu_quota<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let n = Number::deserialize(d)?;
+        n.as_f64()
+            .ok_or_else(|| D::Error::custom(format!("cpuQuota must be a finite number, got {n}")))
+    }
 }
 
 pub mod docker_defaults {
@@ -452,6 +506,38 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<Wei>("100").is_err());
+    }
+
+    #[test]
+    fn docker_settings_read_any_json_number_and_name_what_does_not_fit() {
+        // Internally tagged, so serde buffers these numbers before reading them.
+        let json = r#"{"type":"docker","image":"i","cpuQuota":0.25,"memoryBytes":268435456,"pidsLimit":64,"tmp_bytes":1048576}"#;
+        let Runtime::Docker {
+            cpu_quota,
+            memory_bytes,
+            pids_limit,
+            tmp_bytes,
+            ..
+        } = serde_json::from_str(json).unwrap()
+        else {
+            panic!("a docker runtime");
+        };
+        assert_eq!(
+            (cpu_quota, memory_bytes, pids_limit, tmp_bytes),
+            (0.25, 268_435_456, 64, 1_048_576)
+        );
+        for (setting, name) in [
+            (r#""memoryBytes":18446744073709551616"#, "memoryBytes"),
+            (r#""pidsLimit":-1"#, "pidsLimit"),
+            (r#""tmpBytes":1.5"#, "tmpBytes"),
+            (r#""cpuQuota":1e400"#, "cpuQuota"),
+        ] {
+            let json = format!(r#"{{"type":"docker","image":"i",{setting}}}"#);
+            let err = serde_json::from_str::<Runtime>(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{setting}: {err}");
+        }
     }
 
     #[test]

@@ -439,7 +439,7 @@ impl Runtime {
             let problems: Vec<String> = validator
                 .iter_errors(&input)
                 .take(5)
-                .map(|e| format!("{} (at {:?})", e, e.instance_path.to_string()))
+                .map(|e| format!("{} (at {:?})", e, e.instance_path().to_string()))
                 .collect();
             if !problems.is_empty() {
                 return Err(Error::InputRejected(problems.join("; ")));
