@@ -182,7 +182,10 @@ async fn connections_cut_as_the_container_exits_lose_nothing() {
     proxy.cut_at_exit();
     let exec = client.submit("burst", json!({})).await;
     assert_untouched(client, &exec, 500).await;
-    assert!(!proxy.cut_at_exit_pending(), "the exit passed the proxy uncut");
+    assert!(
+        !proxy.cut_at_exit_pending(),
+        "the exit passed the proxy uncut"
+    );
 
     proxy.cut_at_exit();
     let exec = client.submit("fails", json!({})).await;
@@ -191,7 +194,10 @@ async fn connections_cut_as_the_container_exits_lose_nothing() {
     assert_eq!(execution["exitCode"], 3, "{execution}");
     assert_eq!(execution["error"]["kind"], "exit_code", "{execution}");
     assert_eq!(log_lines(&client.all_events(&exec).await), numbered(500));
-    assert!(!proxy.cut_at_exit_pending(), "the exit passed the proxy uncut");
+    assert!(
+        !proxy.cut_at_exit_pending(),
+        "the exit passed the proxy uncut"
+    );
     wait_no_container(&exec).await;
 }
 
