@@ -1,10 +1,12 @@
 //! A Unix socket proxy in front of the real Docker daemon, for tests of a connection that fails
 //! while the daemon itself stays up: on command it cuts the connections it carries (all, or
-//! those whose latest request matches), refuses new ones for a while, or cuts everything the
-//! moment the daemon reports a container's exit.
+//! those whose latest request matches), refuses new ones for a while, cuts everything the
+//! moment the daemon reports a container's exit, or holds back what the daemon sends on some
+//! connections (so that a cut loses it).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -23,6 +25,16 @@ struct Shared {
     connections: Vec<Connection>,
     /// Cut everything when the daemon's answer to a wait passes through.
     cut_at_exit: bool,
+    /// Hold back each chunk the daemon sends on connections whose request contains this.
+    slow: Option<(&'static str, Duration)>,
+}
+
+/// What to do with a chunk.
+enum Verdict {
+    Forward,
+    ForwardAfter(Duration),
+    /// Drop it: the connections were cut.
+    Drop,
 }
 
 struct Connection {
@@ -88,6 +100,12 @@ impl DaemonProxy {
         self.shared.lock().unwrap().cut_at_exit = true;
     }
 
+    /// Holds back every chunk the daemon sends on connections whose latest request contains
+    /// `request` for `delay` (a backlog builds up, which a cut loses).
+    pub fn slow_down(&self, request: &'static str, delay: Duration) {
+        self.shared.lock().unwrap().slow = Some((request, delay));
+    }
+
     /// Whether a `cut_at_exit` is still waiting for its moment.
     pub fn cut_at_exit_pending(&self) -> bool {
         self.shared.lock().unwrap().cut_at_exit
@@ -127,18 +145,24 @@ fn carry(shared: &Arc<Mutex<Shared>>, client: UnixStream, daemon: UnixStream) {
             if let Some(line) = request_line(bytes) {
                 *request.lock().unwrap() = line;
             }
-            true
+            Verdict::Forward
         }
     }));
     let down = tokio::spawn(pump(daemon_r, client_w, {
         let shared = shared.clone();
+        let request = request.clone();
         move |bytes: &[u8]| {
             let exit = bytes.windows(12).any(|w| w == b"\"StatusCode\"");
             if exit && std::mem::take(&mut shared.lock().unwrap().cut_at_exit) {
                 cut_where(&shared, |_| true);
-                return false;
+                return Verdict::Drop;
             }
-            true
+            match shared.lock().unwrap().slow {
+                Some((pattern, delay)) if request.lock().unwrap().contains(pattern) => {
+                    Verdict::ForwardAfter(delay)
+                }
+                _ => Verdict::Forward,
+            }
         }
     }));
     shared.lock().unwrap().connections.push(Connection {
@@ -147,12 +171,12 @@ fn carry(shared: &Arc<Mutex<Shared>>, client: UnixStream, daemon: UnixStream) {
     });
 }
 
-/// Copies until the end of `from` (then closes the writing side of `to`), or until `pass`
-/// refuses a chunk.
+/// Copies until the end of `from` (then closes the writing side of `to`), each chunk as
+/// `verdict` says.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
-    mut pass: impl FnMut(&[u8]) -> bool,
+    mut verdict: impl FnMut(&[u8]) -> Verdict,
 ) {
     let mut buffer = vec![0; 64 * 1024];
     loop {
@@ -160,7 +184,12 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if !pass(&buffer[..n]) || to.write_all(&buffer[..n]).await.is_err() {
+        match verdict(&buffer[..n]) {
+            Verdict::Forward => {}
+            Verdict::ForwardAfter(delay) => tokio::time::sleep(delay).await,
+            Verdict::Drop => return,
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }
     }

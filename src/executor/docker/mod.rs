@@ -244,19 +244,41 @@ impl DockerExecutor {
         RunOutcome::Exited { exit, output }
     }
 
-    /// Waits until the container's output is read to its end, for as long as the reading makes
-    /// progress or waits out an outage.
+    /// Waits until the container's output is read to its end (checked against its log when the
+    /// attach stream cannot be trusted), for as long as the reading makes progress or waits
+    /// out an outage.
     async fn drain(
         &self,
         id: &str,
         mut output: JoinHandle<Result<Collected, ExecError>>,
         progress: &AtomicU64,
     ) -> LogsEnd {
+        loop {
+            match self.progressing(id, &mut output, progress).await? {
+                Collected::Complete(last_json) => return Ok(last_json),
+                Collected::AttachEnded(ended) => {
+                    output =
+                        tokio::spawn(
+                            async move { ended.complete().await.map(Collected::Complete) },
+                        );
+                }
+            }
+        }
+    }
+
+    /// The result of a reading task, given up when it shows no progress for longer than an
+    /// outage may last.
+    async fn progressing(
+        &self,
+        id: &str,
+        task: &mut JoinHandle<Result<Collected, ExecError>>,
+        progress: &AtomicU64,
+    ) -> Result<Collected, ExecError> {
         let window = DRAIN_TIMEOUT + self.outage_limit;
         let mut before = progress.load(Ordering::Relaxed);
-        let collected = loop {
-            match tokio::time::timeout(window, &mut output).await {
-                Ok(Ok(collected)) => break collected?,
+        loop {
+            match tokio::time::timeout(window, &mut *task).await {
+                Ok(Ok(collected)) => return collected,
                 Ok(Err(e)) => {
                     return Err(ExecError::new(
                         "docker_unavailable",
@@ -266,7 +288,7 @@ impl DockerExecutor {
                 Err(_) => {
                     let now = progress.load(Ordering::Relaxed);
                     if now == before {
-                        output.abort();
+                        task.abort();
                         return Err(ExecError::new(
                             "docker_unavailable",
                             format!("the output of the container {id} stalled before its end"),
@@ -275,10 +297,6 @@ impl DockerExecutor {
                     before = now;
                 }
             }
-        };
-        match collected {
-            Collected::Complete(last_json) => Ok(last_json),
-            Collected::AttachEnded(ended) => ended.complete().await,
         }
     }
 }
