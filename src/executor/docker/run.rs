@@ -70,22 +70,22 @@ async fn until_exit(daemon: &Daemon, id: &str, outage: &mut Outage) -> Ended {
                     }
                     break;
                 }
-                _ = check.tick() => match daemon.state(id, outage).await {
-                    Ok(State::Running) => {}
-                    other => return ended(other, id, Ending::ByItself),
-                },
+                _ = check.tick() => {
+                    let state = daemon.state(id, outage).await;
+                    if let Some(end) = ended(state, id, Ending::ByItself) {
+                        return end;
+                    }
+                }
             }
         }
-        match daemon.state(id, outage).await {
-            Ok(State::Running) => {
-                tracing::info!(
-                    container = id,
-                    "waiting for the container broke off; waiting again"
-                );
-                tokio::time::sleep(RETRY_FIRST).await;
-            }
-            other => return ended(other, id, Ending::ByItself),
+        if let Some(end) = ended(daemon.state(id, outage).await, id, Ending::ByItself) {
+            return end;
         }
+        tracing::info!(
+            container = id,
+            "waiting for the container broke off; waiting again"
+        );
+        tokio::time::sleep(RETRY_FIRST).await;
     }
 }
 
@@ -127,22 +127,22 @@ async fn stop_container(
     }
     let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
     loop {
-        match daemon.state(id, outage).await {
-            Ok(State::Running) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(RETRY_FIRST).await;
-            }
-            Ok(State::Running) => {
-                tracing::error!(container = id, "the container did not stop");
-                return Ended::Stopped(Exit::Signal(libc::SIGKILL));
-            }
-            other => return ended(other, id, Ending::StoppedOnPurpose),
+        let state = daemon.state(id, outage).await;
+        if let Some(end) = ended(state, id, Ending::StoppedOnPurpose) {
+            return end;
         }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(container = id, "the container did not stop");
+            return Ended::Stopped(Exit::Signal(libc::SIGKILL));
+        }
+        tokio::time::sleep(RETRY_FIRST).await;
     }
 }
 
-/// The end that a state other than running means.
-fn ended(state: Result<State, ExecError>, id: &str, ending: Ending) -> Ended {
-    match state {
+/// The end a state means; `None` while the container runs.
+fn ended(state: Result<State, ExecError>, id: &str, ending: Ending) -> Option<Ended> {
+    let end = match state {
+        Ok(State::Running) => return None,
         Ok(State::Exited { code, oom_killed }) => {
             // An agent stopped on purpose is not reported as killed for its memory.
             let exit = match ending {
@@ -155,7 +155,7 @@ fn ended(state: Result<State, ExecError>, id: &str, ending: Ending) -> Ended {
             }
         }
         Ok(State::Gone) => Ended::Lost(gone(id)),
-        Ok(State::Running) => unreachable!("a running container has not ended"),
         Err(e) => Ended::Lost(e),
-    }
+    };
+    Some(end)
 }
