@@ -217,7 +217,9 @@ impl LogFollower {
         if self.recorder.logs(stream, texts).await.is_err() {
             self.recording = false;
         }
-        self.recorder.truncated_lines(truncated);
+        if truncated > 0 {
+            self.recorder.truncated_lines(truncated);
+        }
     }
 }
 
