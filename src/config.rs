@@ -137,6 +137,9 @@ pub struct DockerConfig {
     /// How often containers of finished executions are looked for and removed (those the
     /// daemon could not remove when they ended, because it was away).
     pub sweep_interval_ms: u64,
+    /// How long the daemon may stay unreachable while a container runs (connections refused or
+    /// cut, calls unanswered) before its execution ends `docker_unavailable`.
+    pub outage_limit_ms: u64,
 }
 
 impl Default for DockerConfig {
@@ -146,6 +149,7 @@ impl Default for DockerConfig {
             host: None,
             probe_interval_ms: 5000,
             sweep_interval_ms: 60_000,
+            outage_limit_ms: 60_000,
         }
     }
 }
@@ -315,8 +319,9 @@ impl Config {
         if self.health.check_timeout_ms == 0
             || self.docker.probe_interval_ms < 100
             || self.docker.sweep_interval_ms < 100
+            || self.docker.outage_limit_ms < 100
         {
-            return invalid("health.check_timeout_ms must be positive, docker.probe_interval_ms and docker.sweep_interval_ms at least 100".into());
+            return invalid("health.check_timeout_ms must be positive, docker.probe_interval_ms, docker.sweep_interval_ms and docker.outage_limit_ms at least 100".into());
         }
         let ws = &self.websocket;
         if ws.heartbeat_interval_ms == 0

@@ -141,6 +141,7 @@ impl Runtime {
                 kill_grace: Duration::from_millis(config.kill_grace_ms),
                 sample_interval: Duration::from_millis(config.sample_interval_ms),
                 max_line_bytes: config.logs.max_line_bytes,
+                outage_limit: Duration::from_millis(config.docker.outage_limit_ms),
             },
             permits: Arc::new(Semaphore::new(config.max_concurrent_executions)),
             handles: Mutex::new(HashMap::new()),
@@ -757,7 +758,9 @@ impl Change {
 /// The status change for how an executor's run ended.
 fn ended(outcome: RunOutcome, handle: &Handle, timeout_secs: u64) -> Change {
     match outcome {
-        RunOutcome::NotStarted(error) => Change::to(Status::Failed).error(error),
+        RunOutcome::NotStarted(error) | RunOutcome::Lost(error) => {
+            Change::to(Status::Failed).error(error)
+        }
         RunOutcome::Stopped { exit } => {
             let reason = handle
                 .reason

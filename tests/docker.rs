@@ -1,38 +1,27 @@
 //! The docker runtime against the real Docker engine: the same behaviours as the process
 //! executor (run side by side), live logs and resource samples, the hardening defaults, OOM,
-//! resuming containers after a `kill -9` of the runtime, and a daemon outage through a socket
-//! proxy. Without Docker the tests print `SKIPPED: <reason>` and pass, unless
+//! resuming containers after a `kill -9` of the runtime, and sweeping leftover containers (the
+//! daemon connection failing is in `docker_daemon.rs`). Without Docker the tests print `SKIPPED: <reason>` and pass, unless
 //! `AGENTNEXUS_REQUIRE_TOOLS` is set (CI), where they fail.
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentnexus::config::ConfigAgent;
 use agentnexus::domain::Runtime;
-use common::{Client, ServerProcess, TestServer, assert_gapless, log_lines, sh_agent};
+use common::docker::{IMAGE, WAIT, containers_of, docker_agent, wait_lines, wait_no_container};
+use common::{ServerProcess, TestServer, assert_gapless, log_lines, sh_agent};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const IMAGE: &str = common::docker::TEST_IMAGE;
-const WAIT: Duration = Duration::from_secs(30);
-
 macro_rules! require_docker {
     () => {
-        if !common::docker::docker_ready() {
+        if !common::docker::ready() {
             return;
         }
     };
-}
-
-fn docker_agent(id: &str, script: &str) -> ConfigAgent {
-    ConfigAgent {
-        runtime: Runtime::docker(IMAGE, &["sh", "-c", script]),
-        ..sh_agent(id, "1", "")
-    }
 }
 
 /// Changes a docker agent's settings.
@@ -69,45 +58,6 @@ fn id(kind: Kind, id: &str) -> String {
     match kind {
         Kind::Process => format!("process-{id}"),
         Kind::Docker => format!("docker-{id}"),
-    }
-}
-
-/// Containers (any state) labelled with this execution id.
-fn containers_of(execution_id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-a", "-q", "--filter"])
-        .arg(format!("label=agentnexus.execution={execution_id}"))
-        .output()
-        .expect("docker ps runs");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-async fn wait_no_container(execution_id: &str) {
-    for _ in 0..100 {
-        if containers_of(execution_id).is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "containers left behind for {execution_id}: {:?}",
-        containers_of(execution_id)
-    );
-}
-
-async fn wait_lines(client: &Client, id: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let events = client.all_events(id).await;
-        if log_lines(&events).len() >= n {
-            return events;
-        }
-        assert!(Instant::now() < deadline, "{id} never logged {n} lines");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -179,6 +129,99 @@ async fn the_output_file_wins_over_stdout_and_a_broken_one_fails() {
         assert_eq!(none["status"], "COMPLETED", "{kind:?}");
         assert_eq!(none["output"], json!(null), "{kind:?}");
     }
+}
+
+/// What an agent learns of its input file: a prefix, its size and digest, whether it may write
+/// it; and the digest of its stdin, and whether `INPUT_DATA` is set.
+const INPUT_PROBE: &str = r#"
+printf 'file %s\n' "$(head -c 40 "$AGENTNEXUS_INPUT")"
+printf 'bytes %s\n' "$(wc -c < "$AGENTNEXUS_INPUT" | tr -d ' ')"
+printf 'file md5 %s\n' "$(md5sum < "$AGENTNEXUS_INPUT" | cut -d' ' -f1)"
+printf 'stdin md5 %s\n' "$(md5sum | cut -d' ' -f1)"
+[ -w "$AGENTNEXUS_INPUT" ] && echo "file writable" || echo "file read-only"
+[ -n "${INPUT_DATA+set}" ] && echo "INPUT_DATA set" || echo "INPUT_DATA unset"
+"#;
+
+#[tokio::test]
+async fn the_input_file_is_given_to_both_runtimes() {
+    require_docker!();
+    let agents = BOTH
+        .iter()
+        .map(|&k| agent(k, "input", INPUT_PROBE))
+        .collect();
+    let server = TestServer::start(agents).await;
+    let client = &server.client;
+    // Small enough for `INPUT_DATA`, and too big for it (then stdin and the file only).
+    let small = json!({"q": "life"});
+    let big = json!({"blob": "a".repeat(150_000)});
+    for kind in BOTH {
+        for input in [&small, &big] {
+            let text = input.to_string();
+            let exec = client.submit(&id(kind, "input"), input.clone()).await;
+            let execution = client.wait_terminal(&exec, WAIT).await;
+            assert_eq!(execution["status"], "COMPLETED", "{kind:?}: {execution}");
+            let lines = log_lines(&client.all_events(&exec).await);
+            let seen = |key: &str| {
+                let found = lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix(&format!("{key} ")));
+                found.unwrap_or_else(|| panic!("{kind:?}: no {key:?} in {lines:?}"))
+            };
+            assert_eq!(seen("file"), &text[..text.len().min(40)], "{kind:?}");
+            assert_eq!(seen("bytes"), text.len().to_string(), "{kind:?}");
+            assert_eq!(seen("file md5"), seen("stdin md5"), "{kind:?}: {lines:?}");
+            let in_env = if text.len() <= 100 * 1024 {
+                "set"
+            } else {
+                "unset"
+            };
+            assert_eq!(seen("INPUT_DATA"), in_env, "{kind:?}");
+            // The agent's scratch directory is its own; a container's input is not its to change.
+            if let Kind::Docker = kind {
+                assert!(lines.iter().any(|l| l == "file read-only"), "{lines:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn line_caps_count_content_only_and_never_split_a_character() {
+    require_docker!();
+    // At the default cap of 16 KiB: a line exactly at the cap ended by CRLF, and a line whose
+    // cap falls inside a two-byte character (`é`).
+    let script = r#"head -c 16384 /dev/zero | tr '\0' x; printf '\r\n'; head -c 16383 /dev/zero | tr '\0' x; printf '\303\251\n'"#;
+    let server = TestServer::start(BOTH.iter().map(|&k| agent(k, "cap", script)).collect()).await;
+    let client = &server.client;
+    for kind in BOTH {
+        let before = truncated_lines(&server.url).await;
+        let exec = client.submit(&id(kind, "cap"), json!({})).await;
+        let execution = client.wait_terminal(&exec, WAIT).await;
+        assert_eq!(execution["status"], "COMPLETED", "{kind:?}: {execution}");
+        let lines = log_lines(&client.all_events(&exec).await);
+        assert_eq!(lines.len(), 2, "{kind:?}");
+        // Compared by their ends: 16 KiB of `x` would drown any message.
+        let end = |line: &str| line.trim_start_matches('x').to_owned();
+        assert_eq!(lines[0].len(), 16384, "{kind:?}: {:?}", end(&lines[0]));
+        assert_eq!(end(&lines[0]), "", "{kind:?}");
+        assert_eq!(lines[1].len() - end(&lines[1]).len(), 16383, "{kind:?}");
+        assert_eq!(
+            end(&lines[1]),
+            " … [line truncated: 2 more bytes]",
+            "{kind:?}: the cut split the `é`, or counted wrong"
+        );
+        assert_eq!(truncated_lines(&server.url).await - before, 1.0, "{kind:?}");
+    }
+}
+
+/// `agentnexus_log_lines_truncated_total`.
+async fn truncated_lines(url: &str) -> f64 {
+    let text = common::scrape(url).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("agentnexus_log_lines_truncated_total "))
+        .expect("the counter is exported")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -605,174 +648,6 @@ async fn containers_survive_a_kill_9_of_the_runtime_and_complete_with_full_logs(
         assert_eq!(statuses, ["PENDING", "RUNNING", "COMPLETED"]);
         wait_no_container(id).await;
     }
-}
-
-// ---- 6. daemon outage ----
-
-/// A socat proxy in front of the real Docker socket, in its own process group so that
-/// stopping it also cuts the connections its children hold open.
-struct Proxy {
-    socket: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Proxy {
-    fn start(socket: &Path) -> Proxy {
-        let mut proxy = Proxy {
-            socket: socket.to_owned(),
-            child: None,
-        };
-        proxy.resume();
-        proxy
-    }
-
-    fn resume(&mut self) {
-        let child = Command::new("socat")
-            .arg(format!(
-                "UNIX-LISTEN:{},fork,unlink-early",
-                self.socket.display()
-            ))
-            .arg("UNIX-CONNECT:/var/run/docker.sock")
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("socat starts");
-        for _ in 0..100 {
-            if self.socket.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
-    }
-
-    fn cut(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: killpg has no memory effects; the group is the proxy's own.
-            unsafe {
-                libc::killpg(child.id() as i32, libc::SIGKILL);
-            }
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
-fn socat_available() -> bool {
-    let ok = Command::new("socat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok || common::skip("socat is not installed (apt-get install -y socat)")
-}
-
-async fn gauge(client: &Client) -> String {
-    let (status, body) = client.get("/metrics").await;
-    assert_eq!(status, StatusCode::OK);
-    let text = body.as_str().unwrap().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("agentnexus_docker_healthy "))
-        .unwrap_or("missing")
-        .trim()
-        .to_owned()
-}
-
-/// Waits until the background probe has set the gauge (without asking readiness, which would
-/// update it too).
-async fn wait_gauge(client: &Client, wanted: &str) {
-    let deadline = Instant::now() + WAIT;
-    while gauge(client).await != wanted {
-        assert!(
-            Instant::now() < deadline,
-            "agentnexus_docker_healthy never became {wanted}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_docker_outage_fails_docker_executions_fast_and_recovers_without_restart() {
-    require_docker!();
-    if !socat_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let mut proxy = Proxy::start(&socket);
-    let server = TestServer::start_with(
-        vec![
-            docker_agent("hello", r#"echo '{"hello": "docker"}'"#),
-            sh_agent(
-                "steady",
-                "1",
-                r#"for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo "step $i"; sleep 0.2; done; echo '{"steady": true}'"#,
-            ),
-        ],
-        |c| {
-            c.docker.host = Some(format!("unix://{}", socket.display()));
-            c.docker.probe_interval_ms = 200;
-            c.health.check_timeout_ms = 1000;
-        },
-    )
-    .await;
-    let client = &server.client;
-
-    let ready = |client: &Client| {
-        let client = client.clone();
-        async move { client.get("/health/ready").await }
-    };
-    wait_gauge(client, "1").await;
-    let (status, body) = ready(client).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["status"], "healthy", "{body}");
-    let exec = client.submit("hello", json!({})).await;
-    assert_eq!(
-        client.wait_terminal(&exec, WAIT).await["status"],
-        "COMPLETED"
-    );
-
-    let steady = client.submit("steady", json!({})).await;
-    wait_lines(client, &steady, 1).await;
-    proxy.cut();
-    wait_gauge(client, "0").await;
-    let (status, body) = ready(client).await;
-    assert_eq!(status, StatusCode::OK, "degraded is still 200: {body}");
-    assert_eq!(body["status"], "degraded", "{body}");
-    assert_eq!(body["checks"]["docker"]["status"], "error", "{body}");
-
-    let submitted = Instant::now();
-    let exec = client.submit("hello", json!({})).await;
-    let execution = client.wait_terminal(&exec, WAIT).await;
-    assert_eq!(execution["status"], "FAILED", "{execution}");
-    assert_eq!(
-        execution["error"]["kind"], "docker_unavailable",
-        "{execution}"
-    );
-    println!(
-        "docker execution during the outage failed after {:?}: {}",
-        submitted.elapsed(),
-        execution["error"]["message"]
-    );
-    // The process execution went on regardless.
-    let steady = client.wait_terminal(&steady, WAIT).await;
-    assert_eq!(steady["status"], "COMPLETED", "{steady}");
-    assert_eq!(steady["output"], json!({"steady": true}));
-
-    proxy.resume();
-    wait_gauge(client, "1").await;
-    let (_, body) = ready(client).await;
-    assert_eq!(body["status"], "healthy", "{body}");
-    let exec = client.submit("hello", json!({})).await;
-    let execution = client.wait_terminal(&exec, WAIT).await;
-    assert_eq!(execution["status"], "COMPLETED", "{execution}");
-    assert_eq!(execution["output"], json!({"hello": "docker"}));
 }
 
 // ---- containers the daemon could not remove in time ----

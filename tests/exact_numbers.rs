@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use agentnexus::config::{Config, ConfigAgent, Overrides};
 use agentnexus::domain::Runtime;
-use common::docker::{TEST_IMAGE, docker_ready};
+use common::docker::IMAGE as TEST_IMAGE;
 use common::{Client, ServerProcess, TestServer, log_lines, sh_agent};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
@@ -224,7 +224,7 @@ async fn numbers_are_exact_after_a_restart() {
 
 #[tokio::test]
 async fn docker_agents_get_and_give_numbers_exactly() {
-    if !docker_ready() {
+    if !common::docker::ready() {
         return;
     }
     let echo = r#"input=$(cat); echo "stdin $input"; echo "env $INPUT_DATA"; echo "$input""#;

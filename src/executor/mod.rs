@@ -2,8 +2,8 @@
 //! decides what that means for the execution's status. Only executors spawn processes and
 //! containers. Every executor honours the same agent I/O contract:
 //!
-//! - input JSON on stdin and in `INPUT_DATA` (when it fits an environment variable), plus
-//!   `EXECUTION_ID` and `AGENT_ID`;
+//! - input JSON on stdin, in the file named by `AGENTNEXUS_INPUT`, and in `INPUT_DATA` (when
+//!   it fits an environment variable), plus `EXECUTION_ID` and `AGENT_ID`;
 //! - every stdout/stderr line becomes a `log` event tagged with its stream;
 //! - the output is the JSON in the file named by `AGENTNEXUS_OUTPUT` if the agent wrote it,
 //!   else the last stdout line that is a complete JSON object.
@@ -54,6 +54,9 @@ pub enum RunOutcome {
     },
     /// `stop` was triggered and the agent was stopped (politely, then by force).
     Stopped { exit: Exit },
+    /// The executor lost sight of the agent before its end (its container vanished, or the
+    /// Docker daemon stayed unreachable past the limit): how it ended is not known.
+    Lost(ExecError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
