@@ -59,6 +59,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// The partial line read so far, for a reader that stops before the end of the stream.
+    pub fn take_partial(&mut self) -> Option<String> {
+        (!self.current.is_empty() || self.overflow > 0).then(|| self.finish_line())
+    }
+
     /// How many lines so far were cut at the cap.
     pub fn truncated_lines(&self) -> u64 {
         self.truncated
