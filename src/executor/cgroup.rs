@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 /// Below our own cgroup, the directory that holds one cgroup per execution.
 const PARENT_DIR: &str = "agentnexus";
 /// How long a kill may take before it is reported (a process in uninterruptible sleep can hold
-/// it up); the kill goes on regardless.
+/// it up); the kill goes on regardless ...
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
+/// ... until this long: then the execution is let go, and the cgroup stays with what is left.
+const KILL_GIVE_UP: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -159,6 +161,10 @@ impl Cgroup {
             if !reported && started.elapsed() > KILL_PATIENCE {
                 tracing::warn!(cgroup = %self.dir.display(), ?members, "processes of an execution are slow to die");
                 reported = true;
+            }
+            if started.elapsed() > KILL_GIVE_UP {
+                tracing::error!(cgroup = %self.dir.display(), ?members, "processes of an execution cannot be killed");
+                return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
