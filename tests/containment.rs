@@ -196,6 +196,19 @@ async fn escapees_die_when_the_agent_ends(mode: ContainmentMode) {
     assert_all_gone(&escaped_pids(&scene)).await;
 }
 
+async fn escapees_die_when_the_agent_kills_its_own_group(mode: ContainmentMode) {
+    if !offered(mode) {
+        return;
+    }
+    let scene = Scene::new();
+    let script = format!("{ESCAPES}kill -9 0");
+    let server = start(mode, vec![scene.agent("escaper", &script)]).await;
+    let id = server.client.submit("escaper", json!({})).await;
+    let execution = server.client.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["error"]["kind"], "signal", "{execution}");
+    assert_all_gone(&escaped_pids(&scene)).await;
+}
+
 async fn escapees_die_with_a_timeout(mode: ContainmentMode) {
     if !offered(mode) {
         return;
@@ -309,6 +322,11 @@ macro_rules! every_ending {
             #[tokio::test]
             async fn escapees_die_when_the_agent_ends() {
                 super::escapees_die_when_the_agent_ends($mode).await;
+            }
+
+            #[tokio::test]
+            async fn escapees_die_when_the_agent_kills_its_own_group() {
+                super::escapees_die_when_the_agent_kills_its_own_group($mode).await;
             }
 
             #[tokio::test]

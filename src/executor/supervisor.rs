@@ -28,8 +28,9 @@ pub const KILL_REQUEST: c_int = libc::SIGUSR1;
 pub const STOP_REQUEST: c_int = libc::SIGTERM;
 
 /// Makes `cmd` start a supervisor with the agent as its only child. The process the runtime
-/// gets back is the supervisor: it leads the agent's process group (set up before this hook
-/// runs), and its exit status is the agent's.
+/// gets back is the supervisor, and its exit status is the agent's. The agent leads a process
+/// group of its own, without the supervisor: what the agent sends to its group (`kill -9 0`)
+/// does not reach the supervisor.
 pub fn install(cmd: &mut tokio::process::Command) {
     // SAFETY: getpid has no preconditions.
     let runtime = unsafe { libc::getpid() };
@@ -91,6 +92,9 @@ fn become_supervisor(runtime: pid_t) -> io::Result<()> {
             -1 => Err(io::Error::last_os_error()),
             0 => {
                 // The agent: not a subreaper (fork does not pass that on), signals as before.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 libc::sigprocmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
                 Ok(())
             }
@@ -114,10 +118,22 @@ unsafe fn supervise(agent: pid_t, runtime: pid_t, waited: &libc::sigset_t) -> ! 
             0,
             0,
         );
+        // Stray signals must not end it (it would leave its processes to init), and handlers
+        // inherited from the runtime must not run here.
+        for signal in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+            libc::SIGALRM,
+            libc::SIGUSR2,
+        ] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
         libc::prctl(libc::PR_SET_PDEATHSIG, KILL_REQUEST as c_ulong, 0, 0, 0);
         let mut tree = Tree {
             me: libc::getpid(),
-            group: libc::getpgrp(),
+            group: agent,
             agent,
             status: None,
         };
@@ -142,6 +158,7 @@ unsafe fn supervise(agent: pid_t, runtime: pid_t, waited: &libc::sigset_t) -> ! 
 
 struct Tree {
     me: pid_t,
+    /// The agent's process group (the agent leads it).
     group: pid_t,
     agent: pid_t,
     /// The agent's wait status, once it has exited.
