@@ -44,6 +44,9 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Timeout of agents that do not set their own.
     pub default_timeout_secs: u64,
+    /// How the processes of a process agent are held together, so that all of them are
+    /// measured and all of them end with the execution.
+    pub containment: ContainmentMode,
     /// Make each commit reach the disk, not only the operating system: events survive a power
     /// loss, not only a crash of the runtime. Costs throughput on slow disks.
     pub sync_commits: bool,
@@ -70,6 +73,7 @@ impl Default for Config {
             kill_grace_ms: 5000,
             shutdown_grace_secs: 30,
             default_timeout_secs: 300,
+            containment: ContainmentMode::Auto,
             sync_commits: true,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
@@ -81,6 +85,20 @@ impl Default for Config {
             api_keys: Vec::new(),
         }
     }
+}
+
+/// The mechanism that contains an execution's processes (see README, Operations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainmentMode {
+    /// The first that this host offers: cgroup v2, the v1 freezer, a subreaper supervisor.
+    Auto,
+    CgroupV2,
+    CgroupV1,
+    /// Each agent under a supervisor process that is a child subreaper.
+    Subreaper,
+    /// Only the agent's process group: what leaves it is not contained.
+    ProcessGroup,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -247,6 +265,7 @@ impl Config {
                 "kill_grace_ms",
                 "shutdown_grace_secs",
                 "default_timeout_secs",
+                "containment",
                 "sync_commits",
                 "max_body_bytes",
             ]))
@@ -465,6 +484,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("price_wei") || err.contains("price"), "{err}");
+    }
+
+    #[test]
+    fn containment_is_automatic_unless_named() {
+        assert_eq!(load_str("").unwrap().containment, ContainmentMode::Auto);
+        let config = load_str("containment = \"subreaper\"").unwrap();
+        assert_eq!(config.containment, ContainmentMode::Subreaper);
+        let err = load_str("containment = \"jail\"").unwrap_err().to_string();
+        assert!(
+            err.contains("containment") && err.contains("cgroup_v2"),
+            "{err}"
+        );
     }
 
     #[test]

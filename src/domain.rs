@@ -348,12 +348,14 @@ pub struct Execution {
     pub process: Option<ProcessGroup>,
 }
 
-/// A process group, named unambiguously: its leader's pid and start time (clock ticks since
-/// boot). A pid alone may have been reused by the time someone looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a process agent runs: its process group, named unambiguously by its leader's pid and
+/// start time (clock ticks since boot; a pid alone may have been reused by the time someone
+/// looks), and the cgroup that holds every process of the execution, when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessGroup {
     pub group: i32,
     pub started_ticks: u64,
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 fn ser_rfc3339<S: Serializer>(ms: &EpochMs, s: S) -> Result<S::Ok, S::Error> {

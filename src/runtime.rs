@@ -135,6 +135,8 @@ impl Runtime {
                 kill_grace: Duration::from_millis(config.kill_grace_ms),
                 sample_interval: Duration::from_millis(config.sample_interval_ms),
                 max_line_bytes: config.logs.max_line_bytes,
+                containment: crate::executor::Containment::choose(config.containment)
+                    .map_err(Error::Invalid)?,
             },
             docker_executor: DockerExecutor {
                 probe: docker,
@@ -178,8 +180,9 @@ impl Runtime {
         &self.docker
     }
 
-    /// Executions left RUNNING by a previous run: a process died with that run, but a container
-    /// outlives it. Containers are matched to executions by their label; one whose execution
+    /// Executions left RUNNING by a previous run: a process agent cannot be re-attached, so
+    /// whatever it left running is killed, but a container outlives the run. Containers are
+    /// matched to executions by their label; one whose execution
     /// this store does not know belongs to another runtime and is left alone. Running or
     /// finished containers of RUNNING executions are resumed (`resume_container`); every other
     /// container of ours is a leftover and is removed. (Executors remove their containers
@@ -215,8 +218,11 @@ impl Runtime {
                         }
                         self.docker_executor.remove_container(&container.id).await;
                     }
-                    if let Some(process) = execution.process {
-                        self.process.stop_leftover(process);
+                    if matches!(execution.agent.runtime, AgentRuntime::Process { .. }) {
+                        let id = &execution.execution_id;
+                        self.process
+                            .stop_leftover(id, execution.process.as_ref())
+                            .await;
                     }
                     let error = ExecError::new(
                         "runtime_restarted",

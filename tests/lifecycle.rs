@@ -110,6 +110,86 @@ async fn a_non_zero_exit_fails_with_the_exit_code_and_tagged_streams() {
     assert_eq!(last["data"]["error"]["kind"], "exit_code");
 }
 
+/// The agent leaves a helper behind in a session of its own (outside its process group) that
+/// inherited its output pipes, and prints its result just before it ends.
+const PIPE_HOLDER: &str = r#"setsid sleep 30 & echo "pid $!"; sleep 0.3; echo '{"result": 42}'"#;
+
+/// Well under the 30 s of the helper's sleep: the run did not wait for the helper.
+const PROMPT_MS: i64 = 15_000;
+
+#[tokio::test]
+async fn a_helper_holding_the_output_pipe_costs_neither_the_result_nor_time() {
+    let server = TestServer::start(vec![sh_agent("holder", "1", PIPE_HOLDER)]).await;
+    let client = &server.client;
+    let id = client.submit("holder", json!({})).await;
+    let execution = client.wait_terminal(&id, WAIT).await;
+
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["output"], json!({"result": 42}));
+    let duration = execution["durationMs"].as_i64().unwrap();
+    assert!(duration < PROMPT_MS, "{duration}");
+    // The helper is part of the execution, and ends with it.
+    wait_gone(&printed_pids(&client.all_events(&id).await)).await;
+}
+
+#[tokio::test]
+async fn without_containment_a_helper_holding_the_pipe_still_costs_neither_result_nor_time() {
+    // Contained by its process group only, the helper outlives the agent and keeps the pipes
+    // open: reading stops soon after the agent's end all the same, with everything read kept.
+    let server = TestServer::start_with(vec![sh_agent("holder", "1", PIPE_HOLDER)], |c| {
+        c.containment = agentnexus::config::ContainmentMode::ProcessGroup;
+    })
+    .await;
+    let client = &server.client;
+    let id = client.submit("holder", json!({})).await;
+    let execution = client.wait_terminal(&id, WAIT).await;
+    let helpers = printed_pids(&client.all_events(&id).await);
+    for &pid in &helpers {
+        // SAFETY: the test's own leftover helper.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["output"], json!({"result": 42}));
+    let duration = execution["durationMs"].as_i64().unwrap();
+    assert!(duration < PROMPT_MS, "{duration}");
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_flooded_at_once_are_read_in_full_and_in_order() {
+    // Each stream gets far more than a pipe buffer holds, first both at once, then stderr alone
+    // after stdout is done: reading one stream to its end before the other would deadlock.
+    let script =
+        r#"seq 1 30000 >&2 & seq 1 30000; wait; seq 30001 60000 >&2; echo '{"lines": 90000}'"#;
+    let server = TestServer::start(vec![sh_agent("flood", "1", script)]).await;
+    let client = &server.client;
+    let id = client.submit("flood", json!({})).await;
+    let execution = client.wait_terminal(&id, Duration::from_secs(120)).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["output"], json!({"lines": 90000}));
+
+    let events = client.all_events(&id).await;
+    let lines = common::tagged_lines(&events);
+    let of = |stream: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.to_string())
+            .collect()
+    };
+    let mut expected_stdout: Vec<String> = (1..=30000).map(|n| n.to_string()).collect();
+    expected_stdout.push(r#"{"lines": 90000}"#.into());
+    assert!(
+        of("stdout") == expected_stdout,
+        "stdout lines missing or out of order"
+    );
+    let expected_stderr: Vec<String> = (1..=60000).map(|n| n.to_string()).collect();
+    assert!(
+        of("stderr") == expected_stderr,
+        "stderr lines missing or out of order"
+    );
+}
+
 #[tokio::test]
 async fn an_agent_that_cannot_start_fails_cleanly() {
     let mut agent = sh_agent("missing", "1", "");

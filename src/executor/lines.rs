@@ -170,6 +170,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         Ok(Some(lines.into_iter().map(|l| l.text).collect()))
     }
 
+    /// The partial line read so far, for a reader that stops before the end of the stream.
+    pub fn take_partial(&mut self) -> Option<String> {
+        self.splitter.finish().map(|line| line.text)
+    }
+
     /// How many lines so far were cut at the cap.
     pub fn truncated_lines(&self) -> u64 {
         self.splitter.truncated_lines()

@@ -8,11 +8,15 @@
 //! - the output is the JSON in the file named by `AGENTNEXUS_OUTPUT` if the agent wrote it,
 //!   else the last stdout line that is a complete JSON object.
 
+mod cgroup;
+mod containment;
 mod docker;
 mod lines;
 mod proc_tree;
 mod process;
+mod supervisor;
 
+pub use containment::Containment;
 pub use docker::{DockerExecutor, OwnedContainer, ResumePoint};
 pub use lines::LineReader;
 pub use process::ProcessExecutor;

@@ -1,6 +1,6 @@
-//! Runs an agent as a local process in its own process group, so that stopping it (timeout,
-//! cancel, shutdown) reaches every process it started: SIGTERM to the group, then SIGKILL
-//! after the grace period.
+//! Runs an agent as a local process, contained (see `containment`) so that stopping it — on
+//! timeout, cancel, shutdown, or because the agent itself ended — reaches every process it
+//! started: SIGTERM first, then SIGKILL after the grace period.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::proc_tree::{self, TreeSampler};
+use super::containment::{Containment, EXECUTION_ID_VAR, Scope};
+use super::proc_tree::TreeSampler;
 use super::{
     Executor, Exit, Job, LineReader, MAX_ENV_INPUT, MAX_OUTPUT_FILE, RunOutcome, json_object_line,
 };
@@ -23,8 +24,12 @@ use crate::events::Recorder;
 /// Variables passed through from the runtime's own environment; everything else an agent gets
 /// is explicit (its `env`, and the contract's variables), so the runtime's secrets stay home.
 const PASSTHROUGH_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
-/// After the agent exits, how long its output pipes may take to drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the agent has exited (and what it left was killed), reading its output stops at the
+/// end of the pipes, or once they have been quiet this long — someone outside the containment
+/// may hold them open — keeping everything read so far.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// ... and in any case after this long.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 pub struct ProcessExecutor {
     /// Per-execution working directories (`<scratch_root>/<execution id>`).
@@ -32,6 +37,14 @@ pub struct ProcessExecutor {
     pub kill_grace: Duration,
     pub sample_interval: Duration,
     pub max_line_bytes: usize,
+    pub containment: Containment,
+}
+
+/// A started agent: its containment and the process the runtime waits for. The scope is
+/// dropped first, so an abandoned run is killed before its leader can be reaped.
+struct AgentProcess {
+    scope: Scope,
+    child: Child,
 }
 
 #[async_trait]
@@ -54,18 +67,6 @@ impl ProcessExecutor {
         recorder: Arc<Recorder>,
         stop: CancellationToken,
     ) -> RunOutcome {
-        let Runtime::Process {
-            command,
-            args,
-            env,
-            workdir,
-        } = &job.agent.runtime
-        else {
-            return RunOutcome::NotStarted(ExecError::new(
-                "spawn_failed",
-                "the process executor was given an agent of another runtime",
-            ));
-        };
         let input = job.input.to_string();
         let output_file = scratch.join("output.json");
         let input_file = scratch.join("input.json");
@@ -75,75 +76,44 @@ impl ProcessExecutor {
                 format!("cannot prepare the working directory: {e}"),
             ));
         }
-
-        let mut cmd = tokio::process::Command::new(command);
-        cmd.args(args)
-            .env_clear()
-            .envs(
-                PASSTHROUGH_ENV
-                    .iter()
-                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
-            )
-            .envs(env)
-            .env("EXECUTION_ID", &job.execution_id)
-            .env("AGENT_ID", &job.agent.id)
-            .env("AGENTNEXUS_OUTPUT", &output_file)
-            .env("AGENTNEXUS_INPUT", &input_file)
-            .current_dir(workdir.as_deref().map(Path::new).unwrap_or(scratch))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if input.len() <= MAX_ENV_INPUT {
-            cmd.env("INPUT_DATA", &input);
-        }
-        let started = Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                return RunOutcome::NotStarted(ExecError::new(
-                    "spawn_failed",
-                    format!("cannot start {command:?}: {e}"),
-                ));
-            }
+        let cmd = match command(job, scratch, &output_file, &input_file, &input) {
+            Ok(cmd) => cmd,
+            Err(e) => return RunOutcome::NotStarted(e),
         };
-        let pgid = child.id().expect("a just-spawned child has a pid") as i32;
-        if let Some(started_ticks) = proc_tree::start_ticks(pgid) {
-            let group = ProcessGroup {
-                group: pgid,
-                started_ticks,
-            };
-            let _ = recorder.process_started(group).await;
-        }
+        let started = Instant::now();
+        let mut agent = match self.start(job, cmd, &recorder).await {
+            Ok(agent) => agent,
+            Err(e) => return RunOutcome::NotStarted(e),
+        };
 
-        let mut stdin = child.stdin.take().expect("piped");
+        let mut stdin = agent.child.stdin.take().expect("piped");
         let feeder = tokio::spawn(async move {
             // An agent that ignores its stdin may close it early: not an error.
             let _ = stdin.write_all(input.as_bytes()).await;
         });
+        let exited = CancellationToken::new();
         let stdout = tokio::spawn(pump(
-            child.stdout.take().expect("piped"),
+            agent.child.stdout.take().expect("piped"),
             LogStream::Stdout,
             recorder.clone(),
             self.max_line_bytes,
+            exited.clone(),
         ));
         let stderr = tokio::spawn(pump(
-            child.stderr.take().expect("piped"),
+            agent.child.stderr.take().expect("piped"),
             LogStream::Stderr,
             recorder.clone(),
             self.max_line_bytes,
+            exited.clone(),
         ));
 
-        let (exit, stopped) = self
-            .supervise(&mut child, pgid, started, &recorder, &stop)
-            .await;
-        // Whatever the agent left behind in its group goes with it; this also closes the
-        // pipes that a lingering child would hold open.
-        signal_group(pgid, libc::SIGKILL);
+        let (exit, stopped) = self.supervise(&mut agent, started, &recorder, &stop).await;
+        // Whatever the agent left behind goes with it; that also closes the pipes it held.
+        agent.scope.finish().await;
+        exited.cancel();
         feeder.abort();
-        let last_json = drain(stdout).await;
-        drain(stderr).await;
+        let (last_json, _) = tokio::join!(stdout, stderr);
+        let last_json = last_json.ok().flatten();
 
         if stopped {
             return RunOutcome::Stopped { exit };
@@ -156,17 +126,43 @@ impl ProcessExecutor {
         RunOutcome::Exited { exit, output }
     }
 
+    /// Starts the agent inside its containment and records where it runs.
+    async fn start(
+        &self,
+        job: &Job,
+        mut cmd: Command,
+        recorder: &Recorder,
+    ) -> Result<AgentProcess, ExecError> {
+        let program = cmd.as_std().get_program().to_owned();
+        let mut scope = self
+            .containment
+            .prepare(&job.execution_id, &mut cmd)
+            .map_err(|e| {
+                ExecError::new(
+                    "spawn_failed",
+                    format!("cannot prepare the agent's containment: {e}"),
+                )
+            })?;
+        let child = self.containment.spawn(cmd).await.map_err(|e| {
+            ExecError::new("spawn_failed", format!("cannot start {program:?}: {e}"))
+        })?;
+        let pid = child.id().expect("a just-spawned child has a pid") as i32;
+        if let Some(process) = scope.started(pid) {
+            let _ = recorder.process_started(process).await;
+        }
+        Ok(AgentProcess { scope, child })
+    }
+
     /// Waits for the agent to exit, sampling its resources meanwhile, and stops it when asked.
     /// Returns how it exited and whether it was stopped.
     async fn supervise(
         &self,
-        child: &mut Child,
-        pgid: i32,
+        agent: &mut AgentProcess,
         started: Instant,
         recorder: &Recorder,
         stop: &CancellationToken,
     ) -> (Exit, bool) {
-        let mut sampler = TreeSampler::new(pgid, started);
+        let mut sampler = TreeSampler::new(agent.scope.members(), started);
         let mut ticks = tokio::time::interval_at(
             tokio::time::Instant::now() + self.sample_interval,
             self.sample_interval,
@@ -174,7 +170,10 @@ impl ProcessExecutor {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                status = child.wait() => return (exit_of(status), false),
+                status = agent.child.wait() => {
+                    agent.scope.leader_reaped();
+                    return (exit_of(status), false);
+                }
                 _ = stop.cancelled() => break,
                 _ = ticks.tick() => {
                     if let Some((memory, cpu)) = sampler.sample() {
@@ -183,30 +182,66 @@ impl ProcessExecutor {
                 }
             }
         }
-        signal_group(pgid, libc::SIGTERM);
-        let exit = match tokio::time::timeout(self.kill_grace, child.wait()).await {
+        agent.scope.terminate();
+        let exit = match tokio::time::timeout(self.kill_grace, agent.child.wait()).await {
             Ok(status) => exit_of(status),
             Err(_) => {
-                signal_group(pgid, libc::SIGKILL);
-                exit_of(child.wait().await)
+                agent.scope.kill().await;
+                exit_of(agent.child.wait().await)
             }
         };
+        agent.scope.leader_reaped();
         (exit, true)
+    }
+
+    /// Kills what an execution that a crashed run of the runtime left running still has.
+    pub async fn stop_leftover(&self, execution_id: &str, process: Option<&ProcessGroup>) {
+        self.containment.stop_leftover(execution_id, process).await;
     }
 }
 
-impl ProcessExecutor {
-    /// Kills what remains of a process group that a crashed run of the runtime left behind —
-    /// if its leader is still the same process (same pid and start time).
-    pub fn stop_leftover(&self, process: ProcessGroup) {
-        if proc_tree::start_ticks(process.group) == Some(process.started_ticks) {
-            tracing::info!(
-                group = process.group,
-                "stopping an agent left running by the previous run"
-            );
-            signal_group(process.group, libc::SIGKILL);
-        }
+/// The agent's command: its program and arguments, a clean environment with the contract's
+/// variables, piped standard streams.
+fn command(
+    job: &Job,
+    scratch: &Path,
+    output_file: &Path,
+    input_file: &Path,
+    input: &str,
+) -> Result<Command, ExecError> {
+    let Runtime::Process {
+        command,
+        args,
+        env,
+        workdir,
+    } = &job.agent.runtime
+    else {
+        return Err(ExecError::new(
+            "spawn_failed",
+            "the process executor was given an agent of another runtime",
+        ));
+    };
+    let mut cmd = Command::new(command);
+    cmd.args(args)
+        .env_clear()
+        .envs(
+            PASSTHROUGH_ENV
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
+        .envs(env)
+        .env(EXECUTION_ID_VAR, &job.execution_id)
+        .env("AGENT_ID", &job.agent.id)
+        .env("AGENTNEXUS_OUTPUT", output_file)
+        .env("AGENTNEXUS_INPUT", input_file)
+        .current_dir(workdir.as_deref().map(Path::new).unwrap_or(scratch))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if input.len() <= MAX_ENV_INPUT {
+        cmd.env("INPUT_DATA", input);
     }
+    Ok(cmd)
 }
 
 async fn prepare_scratch(scratch: &Path, input_file: &Path, input: &str) -> std::io::Result<()> {
@@ -215,23 +250,45 @@ async fn prepare_scratch(scratch: &Path, input_file: &Path, input: &str) -> std:
 }
 
 /// Streams one output pipe into the recorder; returns the last line that was a JSON object.
+/// Once `exited` fires it reads on only while data keeps coming (see `DRAIN_QUIET`), so a
+/// process that holds the pipe open can neither hold up the end of the run nor cost what was
+/// read.
 async fn pump(
     pipe: impl AsyncRead + Unpin,
     stream: LogStream,
     recorder: Arc<Recorder>,
     max_line_bytes: usize,
+    exited: CancellationToken,
 ) -> Option<Value> {
     let mut reader = LineReader::new(pipe, max_line_bytes);
     let mut last_json = None;
+    let mut drain_until = None;
     loop {
-        match reader.next_lines().await {
-            Ok(Some(lines)) => {
-                if stream == LogStream::Stdout {
-                    if let Some(json) = lines.iter().rev().find_map(|l| json_object_line(l)) {
-                        last_json = Some(json);
+        let next = match drain_until {
+            None => tokio::select! {
+                next = reader.next_lines() => next,
+                _ = exited.cancelled() => {
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    continue;
+                }
+            },
+            Some(limit) => {
+                let quiet = (tokio::time::Instant::now() + DRAIN_QUIET).min(limit);
+                match tokio::time::timeout_at(quiet, reader.next_lines()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::debug!(
+                            ?stream,
+                            "an agent's output pipe is held open after its end"
+                        );
+                        break;
                     }
                 }
-                if recorder.logs(stream, lines).await.is_err() {
+            }
+        };
+        match next {
+            Ok(Some(lines)) => {
+                if !deliver(lines, stream, &recorder, &mut last_json).await {
                     break;
                 }
             }
@@ -242,20 +299,28 @@ async fn pump(
             }
         }
     }
+    // Stopped before the end of the stream: the line it was in the middle of still counts.
+    if let Some(line) = reader.take_partial() {
+        deliver(vec![line], stream, &recorder, &mut last_json).await;
+    }
     recorder.truncated_lines(reader.truncated_lines());
     last_json
 }
 
-async fn drain(reader: tokio::task::JoinHandle<Option<Value>>) -> Option<Value> {
-    let abort = reader.abort_handle();
-    match tokio::time::timeout(DRAIN_TIMEOUT, reader).await {
-        Ok(result) => result.ok().flatten(),
-        Err(_) => {
-            // A process outside the agent's group still holds the pipe open.
-            abort.abort();
-            None
+/// Records lines of one stream, noting the last JSON object on stdout; `false` once the
+/// recorder takes no more.
+async fn deliver(
+    lines: Vec<String>,
+    stream: LogStream,
+    recorder: &Recorder,
+    last_json: &mut Option<Value>,
+) -> bool {
+    if stream == LogStream::Stdout {
+        if let Some(json) = lines.iter().rev().find_map(|l| json_object_line(l)) {
+            *last_json = Some(json);
         }
     }
+    recorder.logs(stream, lines).await.is_ok()
 }
 
 async fn read_output_file(path: &Path) -> Result<Option<Value>, String> {
@@ -288,12 +353,5 @@ fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
             tracing::error!(error = %e, "waiting for an agent process failed");
             Exit::Code(-1)
         }
-    }
-}
-
-fn signal_group(pgid: i32, signal: i32) {
-    // SAFETY: killpg has no memory effects; a group that is already gone yields ESRCH.
-    unsafe {
-        libc::killpg(pgid, signal);
     }
 }

@@ -29,6 +29,7 @@ use crate::hub::Hub;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_process_group.sql"),
+    include_str!("migrations/0003_process_cgroup.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -363,7 +364,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
 const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
-    process_group, process_started";
+    process_group, process_started, process_cgroup";
 
 /// Maps a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
@@ -383,6 +384,7 @@ fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
         (Some(group), Some(started)) => Some(ProcessGroup {
             group,
             started_ticks: started as u64,
+            cgroup: row.get::<_, Option<String>>(22)?.map(PathBuf::from),
         }),
         _ => None,
     };
@@ -612,9 +614,18 @@ impl Writer {
                 }
                 Command::RecordProcess { key, process } => {
                     tx.prepare_cached(
-                        "UPDATE executions SET process_group = ?2, process_started = ?3 WHERE key = ?1",
+                        "UPDATE executions SET process_group = ?2, process_started = ?3, \
+                         process_cgroup = ?4 WHERE key = ?1",
                     )?
-                    .execute(params![key, process.group, process.started_ticks as i64])?;
+                    .execute(params![
+                        key,
+                        process.group,
+                        process.started_ticks as i64,
+                        process
+                            .cgroup
+                            .as_deref()
+                            .map(|p| p.to_string_lossy().into_owned()),
+                    ])?;
                 }
                 Command::Flush { reply } => pending.reply(reply, Ok(())),
             }
