@@ -46,6 +46,13 @@ pub enum Error {
     Forbidden(String),
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// A reader asked for the events after one that does not exist: nothing it can have seen.
+    #[error("since {since} is beyond the last event of {id} (seq {last_seq})")]
+    SinceBeyondEnd {
+        id: String,
+        since: u64,
+        last_seq: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -491,6 +498,9 @@ impl Runtime {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let execution = self.execution(caller, id).await?;
+        // The row is read before the events, and a client learns of an event only after the
+        // commit that also raised `last_seq`: a `since` above it is none the client saw.
+        check_since(&execution.execution_id, since, execution.last_seq)?;
         Ok(self
             .store
             .events(execution.key, since, limit, usize::MAX)
@@ -500,7 +510,9 @@ impl Runtime {
     /// Every event after `since`, stored then live, until the final status.
     pub async fn follow(&self, caller: &Caller, id: &str, since: u64) -> Result<Follow> {
         let execution = self.execution(caller, id).await?;
-        Ok(Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?)
+        let follow = Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?;
+        check_since(id, since, follow.start_last_seq)?;
+        Ok(follow)
     }
 
     /// Cancels a queued or running execution and waits (boundedly) until it has ended.
@@ -712,6 +724,19 @@ impl Runtime {
     pub async fn ping_store(&self) -> Result<()> {
         Ok(self.store.ping().await?)
     }
+}
+
+/// A reader's `since` must be a seq the execution has (or 0): past its end, the reader would
+/// wait for events it already claims to have, and never see the final status.
+fn check_since(id: &str, since: u64, last_seq: u64) -> Result<()> {
+    if since > last_seq {
+        return Err(Error::SinceBeyondEnd {
+            id: id.to_owned(),
+            since,
+            last_seq,
+        });
+    }
+    Ok(())
 }
 
 fn known_users(config: &Config) -> Vec<String> {

@@ -29,6 +29,13 @@ async fn follow_all(server: &TestServer, id: &str, since: u64) -> Vec<Value> {
     events
 }
 
+/// Waits until an execution has stored at least `seq` events.
+async fn wait_last_seq(client: &common::Client, id: &str, seq: u64) {
+    while client.execution(id).await["lastSeq"].as_u64().unwrap() < seq {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_executions_each_get_a_gapless_ordered_stream() {
     // Each agent interleaves stdout and stderr lines; both streams' order must be kept.
@@ -77,17 +84,12 @@ async fn followers_joining_before_during_and_after_see_every_event_once() {
 
     let before = follow_all(&server, &id, 0);
     let during = async {
-        loop {
-            let seen = client.execution(&id).await["lastSeq"].as_u64().unwrap();
-            if seen > 100 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_last_seq(client, &id, 101).await;
         follow_all(&server, &id, 0).await
     };
+    // A follower resuming where it left off, at a seq the execution has.
     let resumed = async {
-        client.wait_status(&id, "RUNNING", WAIT).await;
+        wait_last_seq(client, &id, 40).await;
         follow_all(&server, &id, 40).await
     };
     let (before, during, resumed) = tokio::join!(before, during, resumed);
