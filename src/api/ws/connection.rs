@@ -1,6 +1,10 @@
 //! One WebSocket connection: a single task that reads the client's messages, drives a
 //! `Follow` per subscription, writes the byte-bounded outbox and keeps the heartbeat, all from
 //! one `poll` (`Connection::poll_step`).
+//!
+//! When the server closes, a connection drains: each follower delivers every event committed
+//! so far (the store has them all by then), the outbox goes out, and only then the close frame
+//! with 1001 — within `DRAIN_TIMEOUT`.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -19,7 +23,7 @@ use super::protocol::{
     CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, ClientMessage,
     ErrorCode, EventMessage, Problem, ServerMessage, Subscription,
 };
-use super::{CLOSE_TIMEOUT, Slot};
+use super::{CLOSE_TIMEOUT, DRAIN_TIMEOUT, Slot};
 use crate::api::AppState;
 use crate::domain::{Event, now_ms};
 use crate::events::Follow;
@@ -59,13 +63,16 @@ pub(super) struct Connection {
     turn: usize,
     outbox: Outbox,
     limit: RateLimit,
-    /// Fires at the next ping, or at the slow-consumer deadline if that comes first.
+    /// Fires at the next ping, or at the slow-consumer or drain deadline if that comes first.
     timer: Pin<Box<Sleep>>,
     next_ping: Instant,
     last_inbound: Instant,
     /// Since when the outbox has been full without the client reading anything.
     full_since: Option<Instant>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set once the server is closing: the connection delivers what is committed, then says
+    /// goodbye, by this deadline at the latest.
+    drain_by: Option<Instant>,
     _slot: Slot,
 }
 
@@ -89,6 +96,7 @@ impl Connection {
             last_inbound: now,
             full_since: None,
             closing: Box::pin(state.closing.clone().cancelled_owned()),
+            drain_by: None,
             state,
             _slot: slot,
         }
@@ -120,8 +128,8 @@ impl Connection {
     /// at a client message to handle or at the end of the connection.
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
-            if self.closing.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::End(Some(GOING_AWAY)));
+            if self.drain_by.is_none() && self.closing.as_mut().poll(cx).is_ready() {
+                self.drain();
             }
             // A fired timer moves the deadline on (or ends the connection); it is re-armed below.
             if self.timer.as_mut().poll(cx).is_ready() {
@@ -133,6 +141,9 @@ impl Connection {
             let Ok(more) = self.pump(cx) else {
                 return Poll::Ready(Step::End(None));
             };
+            if self.drain_by.is_some() && self.followers.is_empty() && self.outbox.is_empty() {
+                return Poll::Ready(Step::End(Some(GOING_AWAY)));
+            }
             if self.outbox.has_room() {
                 self.full_since = None;
             } else if self.full_since.is_none() {
@@ -175,10 +186,14 @@ impl Connection {
         }
     }
 
-    /// The heartbeat, and the slow-consumer check.
+    /// The heartbeat, and the slow-consumer and drain deadlines.
     fn on_timer(&mut self) -> Option<Ending> {
         let now = Instant::now();
         let config = &self.state.websocket;
+        if let Some(deadline) = self.drain_by {
+            // A client too slow to take the rest gets the goodbye anyway; it resumes with since.
+            return (now >= deadline).then_some(GOING_AWAY);
+        }
         if self.full_since.is_some_and(|since| {
             now >= since + Duration::from_millis(config.slow_consumer_timeout_ms)
         }) {
@@ -199,9 +214,20 @@ impl Connection {
     }
 
     fn deadline(&self) -> Instant {
+        if let Some(deadline) = self.drain_by {
+            return deadline;
+        }
         let slow = Duration::from_millis(self.state.websocket.slow_consumer_timeout_ms);
         self.full_since
             .map_or(self.next_ping, |since| self.next_ping.min(since + slow))
+    }
+
+    /// The server is closing: every follower delivers what is committed and ends.
+    fn drain(&mut self) {
+        self.drain_by = Some(Instant::now() + DRAIN_TIMEOUT);
+        for follower in &mut self.followers {
+            follower.follow.drain();
+        }
     }
 
     /// Reads the client's frames until one needs handling, or until none is ready.
@@ -317,10 +343,13 @@ impl Connection {
             let message = "unsubscribe from something first";
             return (self.outbox).error(Some(id), ErrorCode::TooManySubscriptions, message);
         }
-        let follow = match self.state.runtime.follow(&self.caller, id, since).await {
+        let mut follow = match self.state.runtime.follow(&self.caller, id, since).await {
             Ok(follow) => follow,
             Err(e) => return self.outbox.problem(Some(id), refusal(e)),
         };
+        if self.drain_by.is_some() {
+            follow.drain();
+        }
         self.outbox.send(&ServerMessage::Subscribed {
             execution_id: Cow::Borrowed(id),
             data: Subscription {
@@ -337,8 +366,9 @@ impl Connection {
         });
     }
 
-    /// Ends the connection: drops what is still queued, sends the close frame if the server is
-    /// the one closing, and completes the closing handshake, all within `CLOSE_TIMEOUT`.
+    /// Ends the connection: drops what is still queued (a server that is closing has drained it
+    /// already), sends the close frame if the server is the one closing, and completes the
+    /// closing handshake, all within `CLOSE_TIMEOUT`.
     async fn close(mut self, ending: Option<Ending>) {
         self.followers.clear();
         let socket = &mut self.socket;

@@ -11,6 +11,9 @@
 //! client that reads slowly makes its followers fall behind the live feed, and they catch up from
 //! the store later — the server's memory does not grow. A client whose outbox stays full past the
 //! slow-consumer timeout is closed with code 4008; it resumes with `since` and loses nothing.
+//!
+//! On shutdown every connection delivers what was committed, then closes with 1001; the server
+//! waits for that (`Connections::closed`).
 
 mod connection;
 mod outbox;
@@ -25,6 +28,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::header::{HOST, ORIGIN};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::AppState;
 use super::error::ApiError;
@@ -34,28 +39,59 @@ use connection::Connection;
 
 pub use protocol::{CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER};
 
+/// How long a connection may take, once the server is closing, to deliver the events committed
+/// so far before it says goodbye anyway (a client that does not read resumes with `since`).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a close frame may take to reach a client before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections open now, for the connection limit.
+/// Connections open now: their count, for the connection limit, and their tasks, so that
+/// shutdown can wait until each has said goodbye.
 #[derive(Default)]
-pub struct Connections(AtomicUsize);
+pub struct Connections {
+    open: AtomicUsize,
+    tasks: TaskTracker,
+}
 
 impl Connections {
     /// A slot under `limit`, held until the returned guard is dropped — also when an upgrade
     /// fails halfway and the connection never runs.
     fn claim(self: &Arc<Self>, limit: usize) -> Option<Slot> {
-        let open = self.0.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(self.clone());
+        let open = self.open.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot {
+            connections: self.clone(),
+            _task: self.tasks.token(),
+        };
         (open < limit).then_some(slot)
+    }
+
+    /// Waits until every connection has ended. Once the server is closing, each delivers what
+    /// was committed and closes with 1001 within `DRAIN_TIMEOUT` and `CLOSE_TIMEOUT`; the wait
+    /// is bounded by them too, in case a task cannot run to its end.
+    pub async fn closed(&self) {
+        self.tasks.close();
+        let bound = DRAIN_TIMEOUT + CLOSE_TIMEOUT + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.open.load(Ordering::SeqCst),
+                "WebSocket connections still open after the close timeout"
+            );
+        }
     }
 }
 
-struct Slot(Arc<Connections>);
+struct Slot {
+    connections: Arc<Connections>,
+    /// Counts the connection's task as one of `Connections::tasks` while the slot lives.
+    _task: TaskTrackerToken,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::SeqCst);
+        self.connections.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

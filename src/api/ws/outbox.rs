@@ -45,6 +45,11 @@ impl Outbox {
         self.bytes < self.capacity
     }
 
+    /// Whether everything queued has reached the socket, flushed.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && !self.ping && !self.unflushed
+    }
+
     /// A protocol ping goes out before the next message.
     pub fn ping(&mut self) {
         self.ping = true;
