@@ -339,11 +339,13 @@ impl Runtime {
     /// How many lines of each stream the store holds for an execution.
     async fn resume_point(&self, execution: &Execution) -> Result<ResumePoint> {
         const PAGE: usize = 10_000;
+        // Lines of 16 KiB would make a page of 10,000 events 160 MB.
+        const PAGE_BYTES: usize = 1 << 20;
         let mut point = ResumePoint::default();
         let mut since = 0;
         loop {
             let page = (self.store)
-                .events(execution.key, since, PAGE, usize::MAX)
+                .events(execution.key, since, PAGE, PAGE_BYTES)
                 .await?;
             for event in &page {
                 if event.kind != domain::EventKind::Log {
@@ -355,9 +357,10 @@ impl Runtime {
                     _ => {}
                 }
             }
+            // A short page may be cut by the byte budget: only an empty one is the end.
             match page.last() {
-                Some(last) if page.len() == PAGE => since = last.seq,
-                _ => return Ok(point),
+                Some(last) => since = last.seq,
+                None => return Ok(point),
             }
         }
     }
@@ -490,12 +493,15 @@ impl Runtime {
         Ok(self.store.list_executions(filter).await?)
     }
 
+    /// Stored events after `since`: at most `limit` of them, none after the one that brings
+    /// their data to `max_bytes` (`Store::events`).
     pub async fn events(
         &self,
         caller: &Caller,
         id: &str,
         since: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Event>> {
         let execution = self.execution(caller, id).await?;
         // The row is read before the events, and a client learns of an event only after the
@@ -503,7 +509,7 @@ impl Runtime {
         check_since(&execution.execution_id, since, execution.last_seq)?;
         Ok(self
             .store
-            .events(execution.key, since, limit, usize::MAX)
+            .events(execution.key, since, limit, max_bytes)
             .await?)
     }
 

@@ -456,6 +456,41 @@ runtime = {{ type = "process", command = "sh", args = ["-c", "echo started; whil
 }
 
 #[test]
+fn logs_reads_pages_of_long_lines_to_the_end() {
+    // 400 lines of 16,000 bytes: several pages by size, far fewer events than a page by count.
+    let setup = start(
+        r#"
+[[agents]]
+id = "wide"
+name = "Wide"
+price_wei = "0"
+runtime = { type = "process", command = "sh", args = ["-c", "line=$(head -c 16000 /dev/zero | tr '\\0' x); i=0; while [ $i -lt 400 ]; do echo \"$i $line\"; i=$((i+1)); done"] }
+"#,
+    );
+    let out = expect(&setup, &["run", "wide", "--wait", "--json"], 0);
+    let id = json_stdout(&out)["executionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = expect(&setup, &["logs", &id], 0);
+    let printed = stdout(&out);
+    let numbers: Vec<usize> = printed
+        .lines()
+        .map(|l| {
+            let (n, line) = l.split_once(' ').unwrap();
+            assert_eq!(line.len(), 16_000);
+            n.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..400).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert!(stderr(&out).contains("-- COMPLETED"), "{}", stderr(&out));
+}
+
+#[test]
 fn ps_lists_executions() {
     let setup = start(AGENTS);
     let mut ids = BTreeSet::new();
