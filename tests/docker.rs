@@ -63,7 +63,7 @@ fn docker_ready() -> bool {
     });
     match ready {
         Ok(()) => true,
-        Err(why) => common::skip(&why),
+        Err(why) => common::skip(why),
     }
 }
 
