@@ -199,6 +199,8 @@ pub struct Follow {
     batch: Option<(Batch, usize)>,
     catching_up: bool,
     live_closed: bool,
+    /// Deliver what is committed, then end (`drain`).
+    draining: bool,
     done: bool,
 }
 
@@ -236,11 +238,13 @@ impl Follow {
             batch: None,
             catching_up: true,
             live_closed: false,
+            draining: false,
             done,
         })
     }
 
-    /// The next event, or `None` once the final status event has been delivered.
+    /// The next event, or `None` once the final status event has been delivered (after `drain`,
+    /// once every committed event has).
     pub async fn next(&mut self) -> store::Result<Option<Event>> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
@@ -252,6 +256,11 @@ impl Follow {
                 return Poll::Ready(Ok(Some(event)));
             }
             if self.done {
+                return Poll::Ready(Ok(None));
+            }
+            if self.draining && !self.catching_up {
+                // Read up to the end of the store, which holds everything committed.
+                self.done = true;
                 return Poll::Ready(Ok(None));
             }
             if self.catching_up {
@@ -335,6 +344,13 @@ impl Follow {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Ends the follow once every event committed so far has been delivered, instead of waiting
+    /// for live ones: for a server that is closing, after the runtime has committed everything.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.catching_up = true;
     }
 }
 

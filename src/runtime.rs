@@ -46,6 +46,13 @@ pub enum Error {
     Forbidden(String),
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// A reader asked for the events after one that does not exist: nothing it can have seen.
+    #[error("since {since} is beyond the last event of {id} (seq {last_seq})")]
+    SinceBeyondEnd {
+        id: String,
+        since: u64,
+        last_seq: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -339,11 +346,13 @@ impl Runtime {
     /// How many lines of each stream the store holds for an execution.
     async fn resume_point(&self, execution: &Execution) -> Result<ResumePoint> {
         const PAGE: usize = 10_000;
+        // Lines of 16 KiB would make a page of 10,000 events 160 MB.
+        const PAGE_BYTES: usize = 1 << 20;
         let mut point = ResumePoint::default();
         let mut since = 0;
         loop {
             let page = (self.store)
-                .events(execution.key, since, PAGE, usize::MAX)
+                .events(execution.key, since, PAGE, PAGE_BYTES)
                 .await?;
             for event in &page {
                 if event.kind != domain::EventKind::Log {
@@ -355,9 +364,10 @@ impl Runtime {
                     _ => {}
                 }
             }
+            // A short page may be cut by the byte budget: only an empty one is the end.
             match page.last() {
-                Some(last) if page.len() == PAGE => since = last.seq,
-                _ => return Ok(point),
+                Some(last) => since = last.seq,
+                None => return Ok(point),
             }
         }
     }
@@ -490,24 +500,32 @@ impl Runtime {
         Ok(self.store.list_executions(filter).await?)
     }
 
+    /// Stored events after `since`: at most `limit` of them, none after the one that brings
+    /// their data to `max_bytes` (`Store::events`).
     pub async fn events(
         &self,
         caller: &Caller,
         id: &str,
         since: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Event>> {
         let execution = self.execution(caller, id).await?;
+        // The row is read before the events, and a client learns of an event only after the
+        // commit that also raised `last_seq`: a `since` above it is none the client saw.
+        check_since(&execution.execution_id, since, execution.last_seq)?;
         Ok(self
             .store
-            .events(execution.key, since, limit, usize::MAX)
+            .events(execution.key, since, limit, max_bytes)
             .await?)
     }
 
     /// Every event after `since`, stored then live, until the final status.
     pub async fn follow(&self, caller: &Caller, id: &str, since: u64) -> Result<Follow> {
         let execution = self.execution(caller, id).await?;
-        Ok(Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?)
+        let follow = Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?;
+        check_since(id, since, follow.start_last_seq)?;
+        Ok(follow)
     }
 
     /// Cancels a queued or running execution and waits (boundedly) until it has ended.
@@ -719,6 +737,19 @@ impl Runtime {
     pub async fn ping_store(&self) -> Result<()> {
         Ok(self.store.ping().await?)
     }
+}
+
+/// A reader's `since` must be a seq the execution has (or 0): past its end, the reader would
+/// wait for events it already claims to have, and never see the final status.
+fn check_since(id: &str, since: u64, last_seq: u64) -> Result<()> {
+    if since > last_seq {
+        return Err(Error::SinceBeyondEnd {
+            id: id.to_owned(),
+            since,
+            last_seq,
+        });
+    }
+    Ok(())
 }
 
 fn known_users(config: &Config) -> Vec<String> {

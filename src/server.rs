@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ws::Connections;
 use crate::api::{self, AppState, Auth};
 use crate::config::Config;
 use crate::runtime::{self, Runtime};
@@ -32,6 +33,7 @@ pub struct Server {
     draining: CancellationToken,
     stop_accepting: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
+    connections: Arc<Connections>,
     shutdown_grace: Duration,
 }
 
@@ -57,6 +59,7 @@ impl Server {
         }
         let draining = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
+        let connections = Arc::new(Connections::default());
         let state = AppState {
             runtime: runtime.clone(),
             auth,
@@ -65,7 +68,7 @@ impl Server {
             draining: draining.clone(),
             closing: stop_accepting.clone(),
             websocket: Arc::new(config.websocket.clone()),
-            connections: Arc::default(),
+            connections: connections.clone(),
         };
         if let Some(metrics_addr) = config.metrics_bind {
             let listener =
@@ -102,6 +105,7 @@ impl Server {
             draining,
             stop_accepting,
             http,
+            connections,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         })
     }
@@ -116,7 +120,8 @@ impl Server {
 
     /// Graceful shutdown: readiness fails at once (so load balancers stop sending work) while
     /// the API keeps serving; running executions finish within the grace period, the rest are
-    /// stopped; then the listener closes and everything is committed.
+    /// stopped, and everything is committed; then the listener closes, and each WebSocket
+    /// client gets every event committed so far, then its close frame (1001).
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.draining.cancel();
@@ -124,6 +129,9 @@ impl Server {
         self.stop_accepting.cancel();
         // In-flight requests had the whole grace period; do not wait on them forever.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        // Upgraded connections are no longer the HTTP server's: returning before they have
+        // said goodbye would cut them off without a close frame.
+        self.connections.closed().await;
         tracing::info!("stopped");
     }
 }

@@ -78,12 +78,17 @@ fn finish(mut command: Command) -> Output {
     collect(child)
 }
 
-/// Waits for a child started with piped output, for at most 30 s.
+/// Waits for a child started with piped output, for at most 30 s (then kills it).
 fn collect(child: Child) -> Output {
+    let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
     rx.recv_timeout(Duration::from_secs(30))
-        .expect("the command did not finish within 30 s")
+        .unwrap_or_else(|_| {
+            // SAFETY: our own child, which has not been waited for.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the command did not finish within 30 s")
+        })
 }
 
 fn code(output: &Output) -> i32 {
@@ -369,6 +374,120 @@ fn logs_follow_of_a_missing_execution_exits_4() {
     assert!(stderr(&out).contains("(not_found)"), "{}", stderr(&out));
     let out = expect(&setup, &["logs", "not-an-id", "--follow"], 4);
     assert!(stderr(&out).contains("(bad_request)"), "{}", stderr(&out));
+}
+
+#[test]
+fn logs_since_beyond_the_end_is_refused_and_follow_exits_with_the_execution_s_code() {
+    let setup = start(AGENTS);
+    let out = expect(&setup, &["run", "fail", "--wait", "--json"], 1);
+    let execution = json_stdout(&out);
+    let id = execution["executionId"].as_str().unwrap();
+    let last = execution["lastSeq"].to_string();
+
+    // Printing what is stored after a seq the execution never had is an error...
+    let out = expect(&setup, &["logs", id, "--since", "1000"], 4);
+    assert!(
+        stderr(&out).contains("(since_beyond_end)"),
+        "{}",
+        stderr(&out)
+    );
+    // ...while following waits for the end, which has come: the exit code is the execution's.
+    for since in ["1000", &last] {
+        let out = expect(&setup, &["logs", id, "--follow", "--since", since], 1);
+        assert_eq!(stdout(&out), "", "nothing after seq {since}");
+    }
+    let out = setup.cli(&["logs", id, "--follow", "--since", "1000"]);
+    assert!(
+        stderr(&out).contains("beyond the last event"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn logs_follow_since_beyond_the_end_of_a_running_execution_follows_it_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("GO");
+    let agent = format!(
+        r#"
+[[agents]]
+id = "gated"
+name = "Gated"
+price_wei = "0"
+runtime = {{ type = "process", command = "sh", args = ["-c", "echo started; while [ ! -e '{}' ]; do sleep 0.02; done; echo done"] }}
+"#,
+        go.display()
+    );
+    let server = ServerProcess::spawn(&common::write_config(dir.path(), &agent));
+    let client = server.client();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let id = runtime.block_on(async {
+        let id = client.submit("gated", json!({})).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::log_lines(&client.all_events(&id).await).is_empty() {
+            assert!(Instant::now() < deadline, "the agent never logged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id
+    });
+    let mut follow = command(&server.url, &["logs", &id, "--follow", "--since", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The follower says where it follows from; only then may the agent end.
+    let stderr_lines =
+        std::io::BufRead::lines(std::io::BufReader::new(follow.stderr.take().unwrap()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr_lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let note = rx.recv_timeout(Duration::from_secs(30));
+    std::fs::write(&go, "").unwrap();
+    let out = collect(follow);
+    let note = note.expect("the follower said nothing");
+    assert!(note.contains("beyond the last event"), "{note}");
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout(&out), "done\n");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("-- COMPLETED")), "{rest:?}");
+}
+
+#[test]
+fn logs_reads_pages_of_long_lines_to_the_end() {
+    // 400 lines of 16,000 bytes: several pages by size, far fewer events than a page by count.
+    let setup = start(
+        r#"
+[[agents]]
+id = "wide"
+name = "Wide"
+price_wei = "0"
+runtime = { type = "process", command = "sh", args = ["-c", "line=$(head -c 16000 /dev/zero | tr '\\0' x); i=0; while [ $i -lt 400 ]; do echo \"$i $line\"; i=$((i+1)); done"] }
+"#,
+    );
+    let out = expect(&setup, &["run", "wide", "--wait", "--json"], 0);
+    let id = json_stdout(&out)["executionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = expect(&setup, &["logs", &id], 0);
+    let printed = stdout(&out);
+    let numbers: Vec<usize> = printed
+        .lines()
+        .map(|l| {
+            let (n, line) = l.split_once(' ').unwrap();
+            assert_eq!(line.len(), 16_000);
+            n.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..400).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert!(stderr(&out).contains("-- COMPLETED"), "{}", stderr(&out));
 }
 
 #[test]

@@ -29,6 +29,13 @@ async fn follow_all(server: &TestServer, id: &str, since: u64) -> Vec<Value> {
     events
 }
 
+/// Waits until an execution has stored at least `seq` events.
+async fn wait_last_seq(client: &common::Client, id: &str, seq: u64) {
+    while client.execution(id).await["lastSeq"].as_u64().unwrap() < seq {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_executions_each_get_a_gapless_ordered_stream() {
     // Each agent interleaves stdout and stderr lines; both streams' order must be kept.
@@ -77,17 +84,12 @@ async fn followers_joining_before_during_and_after_see_every_event_once() {
 
     let before = follow_all(&server, &id, 0);
     let during = async {
-        loop {
-            let seen = client.execution(&id).await["lastSeq"].as_u64().unwrap();
-            if seen > 100 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_last_seq(client, &id, 101).await;
         follow_all(&server, &id, 0).await
     };
+    // A follower resuming where it left off, at a seq the execution has.
     let resumed = async {
-        client.wait_status(&id, "RUNNING", WAIT).await;
+        wait_last_seq(client, &id, 40).await;
         follow_all(&server, &id, 40).await
     };
     let (before, during, resumed) = tokio::join!(before, during, resumed);
@@ -231,4 +233,104 @@ async fn an_execution_over_its_log_budget_gets_one_marker_and_a_count() {
             .unwrap()
             .contains("log budget")
     );
+}
+
+/// A page's byte budget, as documented: the JSON of its events adds up to at most this.
+const PAGE_BYTES: usize = 1 << 20;
+
+/// One page of `GET /api/executions/{id}/events`, with the length of its body.
+async fn page(server: &TestServer, id: &str, since: u64, limit: usize) -> (Value, usize) {
+    let url = format!(
+        "{}/api/executions/{id}/events?since={since}&limit={limit}",
+        server.url
+    );
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let text = response.text().await.unwrap();
+    (serde_json::from_str(&text).unwrap(), text.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_long_lines_keep_to_their_byte_budget_and_the_contract_reads_each_event_once() {
+    // 300 lines of 16,000 bytes (4.8 MB), then one line of 1.5 MB: more than a page by itself.
+    let script = r#"line=$(head -c 16000 /dev/zero | tr '\0' x); i=0; while [ $i -lt 300 ]; do echo "$i$line"; i=$((i+1)); done; head -c 1500000 /dev/zero | tr '\0' y; echo; echo after"#;
+    let server = TestServer::start_with(vec![sh_agent("wide", "1", script)], |c| {
+        c.logs.max_line_bytes = 2 << 20
+    })
+    .await;
+    let client = &server.client;
+    let id = client.submit("wide", json!({})).await;
+    let last = client.wait_terminal(&id, WAIT).await["lastSeq"]
+        .as_u64()
+        .unwrap();
+
+    // Every page keeps to the budget (the envelope aside), except one that holds a single
+    // larger event; reading on from `nextSince` until `hasMore` is false gets every event once.
+    let mut since = 0;
+    let mut seqs = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (body, len) = page(&server, &id, since, 10_000).await;
+        let events = body["events"].as_array().unwrap();
+        assert!(len <= PAGE_BYTES + 200 || events.len() == 1, "{len} bytes");
+        seqs.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        pages += 1;
+        if !body["hasMore"].as_bool().unwrap() {
+            assert_eq!(body["nextSince"], last);
+            break;
+        }
+        since = body["nextSince"].as_u64().unwrap();
+    }
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+    assert!(pages >= 6, "{pages} pages");
+    let lines = log_lines(&client.all_events(&id).await);
+    assert_eq!(lines.len(), 302);
+    assert_eq!(lines[300].len(), 1_500_000);
+
+    // The same whatever the limit: a page is cut by count or by bytes, whichever comes first.
+    for limit in [1, 7, 1000] {
+        let pages = client.all_events_in_pages(&id, limit).await;
+        assert!(pages.iter().all(|p| p.len() <= limit));
+        let seqs: Vec<u64> = pages
+            .concat()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn a_page_at_the_end_is_empty_and_final_and_one_beyond_it_is_refused() {
+    let server = TestServer::start(vec![sh_agent("short", "1", "seq 1 5")]).await;
+    let client = &server.client;
+    let id = client.submit("short", json!({})).await;
+    let last = client.wait_terminal(&id, WAIT).await["lastSeq"]
+        .as_u64()
+        .unwrap();
+    let (body, _) = page(&server, &id, last, 10).await;
+    assert_eq!(body["events"], json!([]));
+    assert_eq!(body["nextSince"], last);
+    assert_eq!(body["hasMore"], false);
+    let (body, _) = page(&server, &id, last - 2, 1).await;
+    assert_eq!(body["events"][0]["seq"], last - 1);
+    assert_eq!(
+        (&body["nextSince"], &body["hasMore"]),
+        (&json!(last - 1), &json!(true))
+    );
+
+    for since in [last + 1, 1000, u64::MAX] {
+        let (status, body) = client
+            .get(&format!("/api/executions/{id}/events?since={since}"))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "since_beyond_end", "{body}");
+    }
+    for bad in ["-1", "1.5", "x", "18446744073709551616"] {
+        let (status, body) = client
+            .get(&format!("/api/executions/{id}/events?since={bad}"))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+    }
 }

@@ -34,7 +34,8 @@ from pathlib import Path
 SECTIONS = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
 GOOD = {"OK", "NON-STRICT", "INFORMATIONAL"}
 GOOD_CLOSE = {"OK", "INFORMATIONAL"}
-ERROR_REPLY = '{"data":{"code":"bad_request"'
+# The start of the server's error message (kosoku reports only the first 60 characters).
+ERROR_REPLY = '{"type":"error","data":{"code":"bad_request"'
 
 
 def main() -> int:

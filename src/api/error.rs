@@ -54,6 +54,7 @@ impl From<Error> for ApiError {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Error::SinceBeyondEnd { .. } => (StatusCode::BAD_REQUEST, "since_beyond_end"),
             Error::Store(StoreError::Closed) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Error::Store(e) => {
                 // Details stay in the log; the client learns only that it was on our side.

@@ -141,12 +141,21 @@ pub struct EventsQuery {
 }
 
 const MAX_EVENTS: usize = 10_000;
+/// A page holds events whose JSON adds up to at most this many bytes — one larger event comes
+/// alone — so that a page of long lines stays small, for the server and for the reader.
+const PAGE_BYTES: usize = 1 << 20;
 
+/// One page of an execution's events. A reader that passes `nextSince` as the next `since` until
+/// `hasMore` is false has every event stored so far, each once, in order.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
     execution_id: String,
     events: Vec<Event>,
+    /// The `since` of the next page: the last seq in this one (or this page's `since`).
+    next_since: u64,
+    /// Whether more events may be stored after `nextSince`. False: none are, as of this read.
+    has_more: bool,
 }
 
 pub async fn events(
@@ -162,12 +171,52 @@ pub async fn events(
             format!("limit must be between 1 and {MAX_EVENTS}"),
         ));
     }
-    let events = state
+    let since = query.since.unwrap_or(0);
+    // One more than asked for tells whether there are more.
+    let mut events = state
         .runtime
-        .events(&caller, &id, query.since.unwrap_or(0), limit)
+        .events(&caller, &id, since, limit + 1, PAGE_BYTES)
         .await?;
+    let read = events.len();
+    let read_bytes: usize = events.iter().map(|e| e.data.get().len()).sum();
+    events.truncate(within_budget(&events[..read.min(limit)]));
+    // The store stops reading once the data reaches the budget, so a page it cut there may be
+    // followed by more even when nothing was left out here.
+    let has_more = events.len() < read || read_bytes >= PAGE_BYTES;
     Ok(Json(EventPage {
         execution_id: id,
+        next_since: events.last().map_or(since, |e| e.seq),
         events,
+        has_more,
     }))
+}
+
+/// How many of `events`, from the first, fit in `PAGE_BYTES` of JSON; at least one, so that a
+/// reader always moves on.
+fn within_budget(events: &[Event]) -> usize {
+    let mut bytes = 0;
+    for (count, event) in events.iter().enumerate() {
+        bytes += json_len(event) + 1;
+        if bytes > PAGE_BYTES && count > 0 {
+            return count;
+        }
+    }
+    events.len()
+}
+
+/// The length of an event's JSON, as the page will carry it.
+fn json_len(event: &Event) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, event).expect("an event serializes");
+    count.0
 }

@@ -135,13 +135,13 @@ pub async fn logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Resul
     let mut since = args.since;
     loop {
         let page = events_after(client, &args.execution, since).await?;
-        for event in &page {
+        for event in &page.events {
             print_event(event, json);
-            since = event["seq"].as_u64().unwrap_or(since);
         }
-        if page.len() < PAGE {
+        if !page.has_more {
             return Ok(ExitCode::SUCCESS);
         }
+        since = page.next_since;
     }
 }
 
@@ -152,14 +152,30 @@ async fn follow(client: &Client, id: &str, since: u64, json: bool) -> anyhow::Re
     super::follow::follow(client, id, since, &mut |event| print_event(event, json)).await
 }
 
-/// One page of events with a sequence number above `since`.
-async fn events_after(client: &Client, id: &str, since: u64) -> anyhow::Result<Vec<Value>> {
+/// One page of the events stored after `since`.
+struct Page {
+    events: Vec<Value>,
+    next_since: u64,
+    has_more: bool,
+}
+
+async fn events_after(client: &Client, id: &str, since: u64) -> anyhow::Result<Page> {
     let query = [("since", since.to_string()), ("limit", PAGE.to_string())];
     let mut body = client.get(&["executions", id, "events"], &query).await?;
-    match body["events"].take() {
-        Value::Array(events) => Ok(events),
-        _ => Err(anyhow!("the server's answer has no events: {body}")),
-    }
+    let (Value::Array(events), Some(next_since), Some(has_more)) = (
+        body["events"].take(),
+        body["nextSince"].as_u64(),
+        body["hasMore"].as_bool(),
+    ) else {
+        return Err(anyhow!(
+            "the server's answer is not a page of events: {body}"
+        ));
+    };
+    Ok(Page {
+        events,
+        next_since,
+        has_more,
+    })
 }
 
 /// Prints one event and returns the status it announces, if it is a status event.

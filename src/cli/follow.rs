@@ -7,6 +7,9 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
+use agentnexus::api::ws::protocol::{
+    ClientMessage, ErrorCode, EventMessage, Problem, Received, ServerMessage,
+};
 use agentnexus::domain::Status;
 use anyhow::anyhow;
 use futures_util::{SinkExt, StreamExt};
@@ -34,9 +37,6 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 const SILENCE: Duration = Duration::from_secs(45);
 /// Reconnecting gives up after failing for this long without a successful subscription.
 const GIVE_UP: Duration = Duration::from_secs(300);
-
-/// Server error codes that reconnecting cannot fix.
-const FATAL_CODES: &[&str] = &["bad_request", "not_found", "unauthorized", "forbidden"];
 
 /// How one connection ended.
 enum End {
@@ -183,8 +183,7 @@ async fn session(
     print: &mut dyn FnMut(&Value) -> Option<Status>,
 ) -> anyhow::Result<End> {
     let lost = |subscribed: bool, why: String| Ok(End::Lost { subscribed, why });
-    let subscribe = json!({ "type": "subscribe", "executionId": id, "since": *since });
-    if let Err(e) = socket.send(Message::text(subscribe.to_string())).await {
+    if let Err(e) = socket.send(subscribe(id, *since)).await {
         return lost(false, e.to_string());
     }
     let mut subscribed = false;
@@ -222,63 +221,119 @@ async fn session(
             // Pings are answered by tungstenite itself; nothing else is expected.
             Ok(Some(Ok(_))) => continue,
         };
-        let Ok(mut message) = serde_json::from_str::<Value>(&text) else {
-            return lost(
-                subscribed,
-                "the server sent something that is not JSON".into(),
-            );
+        let message = match ServerMessage::parse(&text) {
+            Received::Message(message) => message,
+            // A message kind added after this client was built.
+            Received::Unknown(_) => continue,
+            Received::Garbled(_) => {
+                return lost(
+                    subscribed,
+                    "the server sent something that is not JSON".into(),
+                );
+            }
         };
-        let about_us = message["executionId"] == id;
-        match message["type"].as_str() {
-            Some("subscribed") if about_us => {
+        match message {
+            ServerMessage::Subscribed {
+                execution_id, data, ..
+            } if execution_id == id => {
                 subscribed = true;
-                // With `since` at or past the end of a finished execution nothing more comes.
-                let data = &message["data"];
-                let status = data["status"]
-                    .as_str()
-                    .and_then(|s| s.parse::<Status>().ok());
-                if let Some(status) = status.filter(|s| s.is_terminal())
-                    && data["lastSeq"].as_u64().is_some_and(|last| last <= *since)
-                {
-                    return Ok(End::Done(status));
+                // With `since` at the end of a finished execution nothing more comes.
+                if data.complete_at(*since) {
+                    return Ok(End::Done(data.status));
                 }
             }
-            Some("error") => {
-                let code = message["data"]["code"].as_str().unwrap_or_default();
-                if FATAL_CODES.contains(&code) {
-                    return Err(Failure::Api {
-                        code: code.to_owned(),
-                        message: message["data"]["message"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
+            ServerMessage::Error {
+                execution_id, data, ..
+            } if execution_id.as_deref().is_none_or(|e| e == id) => match on_error(data, since)? {
+                OnError::Continue => {}
+                OnError::Resubscribe => {
+                    if let Err(e) = socket.send(subscribe(id, *since)).await {
+                        return lost(subscribed, e.to_string());
                     }
-                    .into());
                 }
-                if code != "rate_limited" {
-                    return lost(subscribed, format!("server error {code}"));
-                }
-            }
-            Some(_) if about_us => {
-                // An event. After a reconnection the replay starts after `since`; the check
-                // only guards against a server that resends.
-                let Some(seq) = message["seq"].as_u64() else {
-                    continue;
-                };
-                if seq <= *since {
+                OnError::Reconnect(why) => return lost(subscribed, why),
+            },
+            ServerMessage::Event(event) if event.execution_id == id => {
+                // After a reconnection the replay starts after `since`; the check only guards
+                // against a server that resends.
+                if event.seq <= *since {
                     continue;
                 }
-                *since = seq;
-                if let Some(object) = message.as_object_mut() {
-                    object.remove("executionId");
-                }
-                if let Some(status) = print(&message).filter(|s| s.is_terminal()) {
+                *since = event.seq;
+                if let Some(status) = print(&rest_shape(event)).filter(|s| s.is_terminal()) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
                     return Ok(End::Done(status));
                 }
             }
-            // pong, unsubscribed, messages about other executions, later additions.
-            _ => {}
+            // Pongs, acknowledgements and events of other executions.
+            ServerMessage::Subscribed { .. }
+            | ServerMessage::Unsubscribed { .. }
+            | ServerMessage::Pong { .. }
+            | ServerMessage::Error { .. }
+            | ServerMessage::Event(_) => {}
         }
     }
+}
+
+fn subscribe(id: &str, since: u64) -> Message {
+    let message = ClientMessage::Subscribe {
+        execution_id: id.to_owned(),
+        since: Some(since),
+    };
+    Message::text(message.to_text())
+}
+
+/// What a session does about an `error` concerning its subscription.
+enum OnError {
+    Continue,
+    /// `since` was moved; subscribe again on this connection.
+    Resubscribe,
+    Reconnect(String),
+}
+
+fn on_error(problem: Problem, since: &mut u64) -> anyhow::Result<OnError> {
+    let fatal = |problem: Problem| {
+        Err(Failure::Api {
+            code: problem.code.as_str().to_owned(),
+            message: problem.message,
+        }
+        .into())
+    };
+    match problem.code {
+        // Reconnecting cannot fix these.
+        ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::TooManySubscriptions => {
+            fatal(problem)
+        }
+        ErrorCode::SinceBeyondEnd => {
+            // Nothing after `since` can come; the execution's end, and its status, can.
+            let Some(last_seq) = problem.last_seq else {
+                return fatal(problem);
+            };
+            eprintln!(
+                "{}",
+                dim(&format!(
+                    "-- seq {since} is beyond the last event (seq {last_seq}); following from there"
+                ))
+            );
+            *since = last_seq;
+            Ok(OnError::Resubscribe)
+        }
+        // Only the dropped message is lost, and this client sends one.
+        ErrorCode::RateLimited => Ok(OnError::Continue),
+        ErrorCode::Internal | ErrorCode::Unknown => Ok(OnError::Reconnect(format!(
+            "server error {}: {}",
+            problem.code.as_str(),
+            problem.message
+        ))),
+    }
+}
+
+/// An event as the REST API shows it: without `executionId`.
+fn rest_shape(event: EventMessage<'_>) -> Value {
+    json!({
+        "seq": event.seq,
+        "type": event.kind,
+        "data": event.data,
+        "timestamp": event.timestamp,
+    })
 }

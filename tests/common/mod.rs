@@ -5,6 +5,7 @@
 pub mod daemon_proxy;
 pub mod docker;
 pub mod prometheus;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -231,23 +232,28 @@ impl Client {
         }
     }
 
-    /// Every event of an execution, read page by page from the REST endpoint.
+    /// Every event of an execution, read page by page from the REST endpoint as documented:
+    /// `since` = the previous page's `nextSince`, until `hasMore` is false.
     pub async fn all_events(&self, id: &str) -> Vec<Value> {
-        let mut events = Vec::new();
+        self.all_events_in_pages(id, 10_000).await.concat()
+    }
+
+    /// The pages of `GET /api/executions/{id}/events` from the start, `limit` events at most each.
+    pub async fn all_events_in_pages(&self, id: &str, limit: usize) -> Vec<Vec<Value>> {
+        let mut pages = Vec::new();
         let mut since = 0;
         loop {
             let (status, body) = self
                 .get(&format!(
-                    "/api/executions/{id}/events?since={since}&limit=10000"
+                    "/api/executions/{id}/events?since={since}&limit={limit}"
                 ))
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
-            let page = body["events"].as_array().unwrap().clone();
-            let Some(last) = page.last() else {
-                return events;
-            };
-            since = last["seq"].as_u64().unwrap();
-            events.extend(page);
+            pages.push(body["events"].as_array().unwrap().clone());
+            if !body["hasMore"].as_bool().unwrap() {
+                return pages;
+            }
+            since = body["nextSince"].as_u64().unwrap();
         }
     }
 }
