@@ -22,23 +22,29 @@ pub struct AgentSpec {
     runtime: Runtime,
 }
 
+impl AgentSpec {
+    /// The agent this body defines: a generated id when it names none, the server's default
+    /// timeout when it sets none. Not validated yet (`config::validate_agent` does that).
+    pub fn into_agent(self, default_timeout_secs: u64) -> Agent {
+        Agent {
+            id: self.id.unwrap_or_else(|| {
+                format!("agent_{}", ulid::Ulid::new().to_string().to_lowercase())
+            }),
+            name: self.name,
+            price_wei: self.price_wei,
+            timeout_secs: self.timeout_secs.unwrap_or(default_timeout_secs),
+            input_schema: self.input_schema,
+            runtime: self.runtime,
+        }
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Json(spec): Json<AgentSpec>,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
-    let agent = Agent {
-        id: spec
-            .id
-            .unwrap_or_else(|| format!("agent_{}", ulid::Ulid::new().to_string().to_lowercase())),
-        name: spec.name,
-        price_wei: spec.price_wei,
-        timeout_secs: spec
-            .timeout_secs
-            .unwrap_or(state.runtime.default_timeout_secs()),
-        input_schema: spec.input_schema,
-        runtime: spec.runtime,
-    };
+    let agent = spec.into_agent(state.runtime.default_timeout_secs());
     let agent = state.runtime.create_agent(&caller, agent).await?;
     Ok((StatusCode::CREATED, Json(agent)))
 }

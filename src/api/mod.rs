@@ -9,6 +9,7 @@ mod health;
 mod metrics;
 pub mod ws;
 
+pub use agents::AgentSpec;
 pub use error::ApiError;
 
 use std::collections::HashMap;

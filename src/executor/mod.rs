@@ -18,7 +18,7 @@ mod supervisor;
 
 pub use containment::Containment;
 pub use docker::{DockerExecutor, OwnedContainer, ResumePoint};
-pub use lines::LineReader;
+pub use lines::{Line, LineReader, LineSplitter};
 pub use process::ProcessExecutor;
 
 use std::sync::Arc;
