@@ -2,7 +2,9 @@
 //! a real HTTP client, and shell-script agents.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod prometheus;
+pub mod witness;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
