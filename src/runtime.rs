@@ -558,43 +558,21 @@ impl Runtime {
     /// it only if the execution is still in status `from`, atomically with its event, so of two
     /// racing changes exactly one wins. Returns whether this one did.
     ///
-    /// The store retries passing faults itself, so an error here means it refuses this change
-    /// for good (e.g. an output it cannot hold): then the execution ends FAILED
-    /// `store_write_failed` instead, so it never stays unfinished.
+    /// The store retries passing faults itself, and records FAILED with the cause when it cannot
+    /// record the change asked for (`RecordedAsFailed`); so an error here means the store is
+    /// closed, or refuses even that.
     async fn transition(
         &self,
         execution: &Execution,
         from: Status,
         change: Change,
     ) -> Result<bool> {
-        let asked = change.to;
+        let to = change.to;
         let ran_for = change.ran_for;
-        let (exit_code, stats) = (change.exit_code, change.stats);
-        let (to, outcome) = match self
+        let outcome = self
             .store
             .transition(change.request(execution.key, from))
-            .await
-        {
-            Ok(outcome) => (asked, outcome),
-            Err(StoreError::Closed) => return Err(StoreError::Closed.into()),
-            Err(refused) => {
-                tracing::error!(execution = %execution.execution_id, %from, to = %asked, error = %refused, "the store refused a status change; recording the failure instead");
-                let error = ExecError::new(
-                    "store_write_failed",
-                    format!("the store could not record the change to {asked}: {refused}"),
-                );
-                let fallback = Change {
-                    exit_code,
-                    stats,
-                    ..Change::to(Status::Failed).error(error)
-                };
-                let outcome = self
-                    .store
-                    .transition(fallback.request(execution.key, from))
-                    .await?;
-                (Status::Failed, outcome)
-            }
-        };
+            .await?;
         tracing::debug!(execution = %execution.execution_id, %from, %to, ?outcome, "transition");
         let recorded = match outcome {
             TransitionOutcome::Applied => to,
@@ -603,7 +581,7 @@ impl Runtime {
         };
         let ran_for = ran_for.map(|d| d.as_secs_f64());
         self.metrics.transitioned(execution, recorded, ran_for);
-        Ok(recorded == asked)
+        Ok(recorded == to)
     }
 
     fn enqueue(self: &Arc<Self>, execution: Execution) {

@@ -310,3 +310,56 @@ async fn an_end_the_database_refuses_is_recorded_as_a_failure_with_its_cause() {
     assert_eq!(completed["status"], "COMPLETED", "{completed}");
     assert_eq!(completed["output"], json!({"note": "fine"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_every_event_is_refused_still_ends_failed_in_its_record() {
+    let flag = tempfile::tempdir().unwrap();
+    let go = flag.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo one; exec sleep 300",
+        go.display()
+    );
+    let agents = vec![
+        sh_agent("sealed", "1", &script),
+        sh_agent("fine", "1", "echo fine"),
+    ];
+    let server = TestServer::start_with(agents, |c| c.docker.enabled = false).await;
+    // After PENDING and RUNNING, the database refuses every event of this agent's executions,
+    // the final status included.
+    install_trigger(
+        &database(&server),
+        "CREATE TRIGGER seal BEFORE INSERT ON events WHEN NEW.seq > 2
+           AND (SELECT agent_id FROM executions WHERE key = NEW.execution_key) = 'sealed'
+         BEGIN SELECT RAISE(ABORT, 'this stream is sealed'); END;",
+    );
+    let sealed = server.client.submit("sealed", json!({})).await;
+    server.client.wait_status(&sealed, "RUNNING", WAIT).await;
+    let caller = agentnexus::runtime::Caller::local();
+    let mut follow = server.runtime().follow(&caller, &sealed, 0).await.unwrap();
+    let fine = server.client.submit("fine", json!({})).await;
+    std::fs::write(&go, "").unwrap();
+
+    let failed = server.client.wait_terminal(&sealed, WAIT).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(failed["error"]["kind"], "store_write_failed", "{failed}");
+    let stored = server.client.all_events(&sealed).await;
+    assert_eq!(statuses(&stored), ["PENDING", "RUNNING"]);
+    common::assert_gapless(&stored);
+    // A follower that was there is told the stream is over.
+    let mut followed = Vec::new();
+    while let Some(event) = tokio::time::timeout(WAIT, follow.next())
+        .await
+        .expect("the follower ends")
+        .unwrap()
+    {
+        followed.push(event.seq);
+    }
+    assert_eq!(followed, [1, 2]);
+    let (status, body) = server
+        .client
+        .post(&format!("/api/executions/{sealed}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let completed = server.client.wait_terminal(&fine, WAIT).await;
+    assert_eq!(completed["status"], "COMPLETED", "{completed}");
+}

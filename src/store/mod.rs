@@ -109,8 +109,10 @@ pub enum TransitionOutcome {
     Applied,
     /// The execution was in this status instead, or the change is not allowed.
     Refused(Status),
-    /// The execution's stream was cut short (see `LostStream`), so its end was recorded as
-    /// FAILED with this cause instead of the status asked for.
+    /// FAILED was recorded with this cause instead of the status asked for: the execution's
+    /// stream was cut short (see `LostStream`), or the database refused the change for good
+    /// (`store_write_failed`). If it refused even the failure's status event, the end is in the
+    /// execution's record alone and its stream has no final event.
     RecordedAsFailed(ExecError),
 }
 
@@ -156,7 +158,8 @@ pub trait Store: Send + Sync + 'static {
     /// Durably creates a PENDING execution together with its first event (seq 1).
     async fn create_execution(&self, new: NewExecution) -> Result<Execution>;
     /// Answers once the change is committed: through passing faults it is retried until it
-    /// sticks, so an error means the store refuses this change for good (or is closed).
+    /// sticks; a change the database refuses for good is recorded as FAILED with the cause
+    /// instead. An error means the store is closed, or refuses even that.
     async fn transition(&self, transition: Transition) -> Result<TransitionOutcome>;
     /// Appends events in order. Waits only when the write queue is full (backpressure, also
     /// while a passing fault is retried); the events become visible to readers once committed.

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
 use crate::hub::Hub;
-use commands::{Command, Ledger, Reply};
+use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many have run.
@@ -192,8 +192,12 @@ impl Store for SqliteStore {
 
     async fn transition(&self, transition: Transition) -> Result<TransitionOutcome> {
         let transition = Box::new(transition);
-        self.ask(|reply| Command::Transition { transition, reply })
-            .await
+        self.ask(|reply| Command::Transition {
+            transition,
+            record: Record::AsAsked,
+            reply,
+        })
+        .await
     }
 
     async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()> {

@@ -44,11 +44,22 @@ pub(super) enum Command {
     },
     Transition {
         transition: Box<Transition>,
+        record: Record,
         reply: Reply<TransitionOutcome>,
     },
     Flush {
         reply: Reply<()>,
     },
+}
+
+/// How a status change is recorded. The writer steps down this list when the database refuses
+/// a change for good, so that an execution never stays unfinished: FAILED with the cause, and
+/// as the last resort in the execution's row alone, when even its status event is refused.
+#[derive(Debug, Clone)]
+pub(super) enum Record {
+    AsAsked,
+    AsFailure(ExecError),
+    RowOnly(ExecError),
 }
 
 impl Command {
@@ -80,7 +91,8 @@ pub(super) enum Applied {
     Create(Box<Execution>, Event),
     /// The seq of the first event; `None` when the events were discarded.
     Append(Option<u64>),
-    Transition(TransitionOutcome, Option<Event>),
+    /// The outcome, the status event, and whether the execution ended.
+    Transition(TransitionOutcome, Option<Event>, bool),
     Nothing,
 }
 
@@ -174,10 +186,9 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
             let events = events.iter().map(|e| (e.kind, e.data.get(), e.timestamp));
             Applied::Append(append(conn, ledger, *key, events)?)
         }
-        Command::Transition { transition, .. } => {
-            let (outcome, event) = transition_to(conn, ledger, transition)?;
-            Applied::Transition(outcome, event)
-        }
+        Command::Transition {
+            transition, record, ..
+        } => transition_to(conn, ledger, transition, record)?,
         Command::RecordProcess { key, process } => {
             conn.prepare_cached(
                 "UPDATE executions SET process_group = ?2, process_started = ?3 WHERE key = ?1",
@@ -223,16 +234,17 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
                 timestamp: e.timestamp,
             }));
         }
-        (Command::Transition { transition, reply }, Applied::Transition(outcome, event)) => {
-            if let Some(event) = event {
-                if event.status().is_some_and(Status::is_terminal) {
-                    committed.finished.push(transition.key);
-                }
-                committed
-                    .events
-                    .entry(transition.key)
-                    .or_default()
-                    .push(event);
+        (
+            Command::Transition {
+                transition, reply, ..
+            },
+            Applied::Transition(outcome, event, ended),
+        ) => {
+            // Also without an event (recorded in the row only): followers learn of the end.
+            let published = committed.events.entry(transition.key).or_default();
+            published.extend(event);
+            if ended {
+                committed.finished.push(transition.key);
             }
             let _ = reply.send(Ok(outcome));
         }
@@ -411,7 +423,8 @@ fn transition_to(
     conn: &Connection,
     ledger: &mut Ledger,
     t: &Transition,
-) -> Result<(TransitionOutcome, Option<Event>)> {
+    record: &Record,
+) -> Result<Applied> {
     let Some(state) = ledger.load(conn, t.key)? else {
         return Err(StoreError::Corrupt(format!(
             "no execution with key {}",
@@ -423,25 +436,31 @@ fn transition_to(
         if current.is_terminal() {
             ledger.cut_short.remove(&t.key);
         }
-        return Ok((TransitionOutcome::Refused(current), None));
+        return Ok(Applied::Transition(
+            TransitionOutcome::Refused(current),
+            None,
+            false,
+        ));
     }
     // A stream that was cut short ends FAILED with the cut's cause, whatever the run reported:
     // its last events are missing, and the final status says so.
-    let cut = ledger.cut_short.get(&t.key).filter(|_| t.to.is_terminal());
-    let (to, output, error, outcome) = match cut {
+    let failure = match record {
+        Record::AsAsked => ledger
+            .cut_short
+            .get(&t.key)
+            .filter(|_| t.to.is_terminal())
+            .cloned(),
+        Record::AsFailure(cause) | Record::RowOnly(cause) => Some(cause.clone()),
+    };
+    let (to, output, outcome) = match &failure {
         Some(cause) => (
             Status::Failed,
             None,
-            Some(cause.clone()),
             TransitionOutcome::RecordedAsFailed(cause.clone()),
         ),
-        None => (
-            t.to,
-            t.output.clone(),
-            t.error.clone(),
-            TransitionOutcome::Applied,
-        ),
+        None => (t.to, t.output.clone(), TransitionOutcome::Applied),
     };
+    let error = failure.or_else(|| t.error.clone());
     let stats = t.stats.unwrap_or_default();
     let terminal = to.is_terminal();
     conn.prepare_cached(
@@ -468,9 +487,14 @@ fn transition_to(
         stats.log_lines as i64,
         stats.log_lines_dropped as i64,
     ])?;
-    let event = status_event(to, output, error, t.exit_code, t.at);
-    let event = append_one(conn, ledger, t.key, event)?.expect("a running execution takes events");
+    let event = match record {
+        Record::RowOnly(_) => None,
+        _ => {
+            let event = status_event(to, output, error, t.exit_code, t.at);
+            append_one(conn, ledger, t.key, event)?
+        }
+    };
     let state = ledger.active.get_mut(&t.key).expect("loaded above");
     state.status = to;
-    Ok((outcome, Some(event)))
+    Ok(Applied::Transition(outcome, event, terminal))
 }

@@ -21,7 +21,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, watch};
 
 use super::super::{LostStream, Result, StoreError, WriteHealth};
-use super::commands::{self, Applied, Command, Committed, Ledger};
+use super::commands::{self, Applied, Command, Committed, Ledger, Record};
 use crate::domain::{ExecError, now_ms};
 use crate::hub::Hub;
 
@@ -101,7 +101,7 @@ impl Writer {
                 Err(e) if size == 1 => {
                     let command = held.commands.pop_front().expect("one was applied");
                     held.isolating = held.isolating.saturating_sub(1);
-                    self.refuse(command, e);
+                    self.refuse(command, e, &mut held);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, commands = size, "a store write failed for good; retrying its commands one by one to find the one at fault");
@@ -228,8 +228,9 @@ impl Writer {
         }
     }
 
-    /// A command that fails alone, for good.
-    fn refuse(&mut self, command: Command, error: StoreError) {
+    /// A command that fails alone, for good. A status change is tried again one step down
+    /// (`Record`), first of all the held commands.
+    fn refuse(&mut self, command: Command, error: StoreError, held: &mut Held) {
         tracing::error!(error = %error, "the store refused a write");
         match command {
             Command::Append { key, events } => {
@@ -241,6 +242,36 @@ impl Writer {
             }
             Command::RecordProcess { key, .. } => {
                 tracing::warn!(key, "the process group of an execution was not recorded");
+            }
+            Command::Transition {
+                transition,
+                record,
+                reply,
+            } => {
+                let next = match record {
+                    Record::AsAsked => Record::AsFailure(ExecError::new(
+                        "store_write_failed",
+                        format!(
+                            "the store refused to record the change to {}: {error}",
+                            transition.to
+                        ),
+                    )),
+                    Record::AsFailure(cause) => Record::RowOnly(cause),
+                    Record::RowOnly(_) => {
+                        tracing::error!(
+                            key = transition.key,
+                            "even the failure of an execution cannot be recorded; it stays unfinished"
+                        );
+                        let _ = reply.send(Err(error));
+                        return;
+                    }
+                };
+                held.commands.push_front(Command::Transition {
+                    transition,
+                    record: next,
+                    reply,
+                });
+                held.isolating += 1;
             }
             other => other.answer_error(error),
         }
