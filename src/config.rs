@@ -472,6 +472,15 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_store_outage_limit_is_refused() {
+        let err = load_str("store_outage_limit_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store_outage_limit_secs"), "{err}");
+        assert_eq!(load_str("").unwrap().store_outage_limit_secs, 120);
+    }
+
+    #[test]
     fn open_mode_only_on_loopback() {
         let err = load_str("bind = \"0.0.0.0:3001\"").unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");

@@ -190,3 +190,45 @@ pub trait Store: Send + Sync + 'static {
     /// The writer's health, updated when it changes.
     fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use rusqlite::Connection;
+
+    #[test]
+    fn passing_faults_are_told_from_permanent_ones_by_their_sqlite_code() {
+        let code = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        for transient in [
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_LOCKED,
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR_WRITE,
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+        ] {
+            assert!(code(transient).is_transient(), "{transient}");
+        }
+        for permanent in [
+            rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER,
+            rusqlite::ffi::SQLITE_CORRUPT,
+            rusqlite::ffi::SQLITE_TOOBIG,
+            rusqlite::ffi::SQLITE_MISMATCH,
+        ] {
+            assert!(!code(permanent).is_transient(), "{permanent}");
+        }
+        assert!(!StoreError::Corrupt("bad".into()).is_transient());
+
+        // And as SQLite reports them.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let duplicate = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        assert!(!StoreError::from(duplicate).is_transient());
+    }
+}
