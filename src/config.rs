@@ -50,6 +50,10 @@ pub struct Config {
     /// Make each commit reach the disk, not only the operating system: events survive a power
     /// loss, not only a crash of the runtime. Costs throughput on slow disks.
     pub sync_commits: bool,
+    /// How long the store holds and retries its writes through a passing fault (a locked
+    /// database, a full disk) before it gives up on the events waiting to be written: the
+    /// executions concerned end FAILED `store_unavailable` once it can write again.
+    pub store_outage_limit_secs: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     pub logs: LogLimits,
@@ -75,6 +79,7 @@ impl Default for Config {
             default_timeout_secs: 300,
             containment: ContainmentMode::Auto,
             sync_commits: true,
+            store_outage_limit_secs: 120,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
             health: HealthConfig::default(),
@@ -267,6 +272,7 @@ impl Config {
                 "default_timeout_secs",
                 "containment",
                 "sync_commits",
+                "store_outage_limit_secs",
                 "max_body_bytes",
             ]))
             .merge(Serialized::defaults(overrides));
@@ -334,6 +340,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024".into());
+        }
+        if self.store_outage_limit_secs == 0 {
+            return invalid("store_outage_limit_secs must be at least 1".into());
         }
         if self.health.check_timeout_ms == 0
             || self.docker.probe_interval_ms < 100
@@ -496,6 +505,15 @@ mod tests {
             err.contains("containment") && err.contains("cgroup_v2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_zero_store_outage_limit_is_refused() {
+        let err = load_str("store_outage_limit_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store_outage_limit_secs"), "{err}");
+        assert_eq!(load_str("").unwrap().store_outage_limit_secs, 120);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::executor::{
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{
-    ExecutionFilter, NewExecution, RunStats, SqliteStore, Store, StoreError, Transition,
-    TransitionOutcome,
+    ExecutionFilter, LostStream, NewExecution, RunStats, SqliteOptions, SqliteStore, Store,
+    StoreError, Transition, TransitionOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +81,19 @@ impl Caller {
 }
 
 /// Why an execution is being stopped; the first reason given wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopReason {
     Cancelled,
     Timeout,
     Shutdown,
+    /// The store cut its stream short: what it writes now cannot be stored.
+    StreamLost(ExecError),
 }
 
 /// The runtime's grip on an execution that is queued or running.
 struct Handle {
+    /// The execution's store key.
+    key: i64,
     stop: CancellationToken,
     reason: OnceLock<StopReason>,
     finished: CancellationToken,
@@ -125,10 +129,16 @@ impl Runtime {
     /// (`runtime_restarted`), since their processes died with the previous run.
     pub async fn start(config: &Config) -> Result<Arc<Runtime>> {
         let hub = Arc::new(Hub::new());
+        let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
+        let options = SqliteOptions {
+            sync_commits: config.sync_commits,
+            outage_limit: Duration::from_secs(config.store_outage_limit_secs),
+        };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
             &config.data_dir,
-            config.sync_commits,
+            options,
             hub.clone(),
+            lost,
         )?);
         let metrics = Arc::new(Metrics::new());
         let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
@@ -160,6 +170,7 @@ impl Runtime {
             default_timeout_secs: config.default_timeout_secs,
             users: known_users(config),
         });
+        runtime.spawn_lost_stream_stopper(lost_streams);
         for entry in &config.agents {
             let agent = config.agent(entry).map_err(Error::Invalid)?;
             runtime.store.put_agent(&agent, true, true).await?;
@@ -277,6 +288,26 @@ impl Runtime {
                 self.docker_executor.remove_container(&container.id).await;
             }
         }
+    }
+
+    /// Stops the executions whose streams the store cut short: nothing they write now can be
+    /// stored, and the store records their end as FAILED with the cause.
+    fn spawn_lost_stream_stopper(
+        self: &Arc<Self>,
+        mut lost: tokio::sync::mpsc::UnboundedReceiver<LostStream>,
+    ) {
+        let runtime = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(LostStream { key, error }) = lost.recv().await {
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                let handles = runtime.handles.lock().unwrap();
+                if let Some(handle) = handles.values().find(|h| h.key == key) {
+                    handle.request_stop(StopReason::StreamLost(error));
+                }
+            }
+        });
     }
 
     /// Sweeps every `interval` while the daemon is reachable, until shutdown.
@@ -551,6 +582,10 @@ impl Runtime {
     /// Applies a status change — the one way any execution's status changes. The store applies
     /// it only if the execution is still in status `from`, atomically with its event, so of two
     /// racing changes exactly one wins. Returns whether this one did.
+    ///
+    /// The store retries passing faults itself, and records FAILED with the cause when it cannot
+    /// record the change asked for (`RecordedAsFailed`); so an error here means the store is
+    /// closed, or refuses even that.
     async fn transition(
         &self,
         execution: &Execution,
@@ -558,26 +593,20 @@ impl Runtime {
         change: Change,
     ) -> Result<bool> {
         let to = change.to;
+        let ran_for = change.ran_for;
         let outcome = self
             .store
-            .transition(Transition {
-                key: execution.key,
-                from,
-                to,
-                at: now_ms(),
-                output: change.output,
-                error: change.error,
-                exit_code: change.exit_code,
-                stats: change.stats,
-            })
+            .transition(change.request(execution.key, from))
             .await?;
         tracing::debug!(execution = %execution.execution_id, %from, %to, ?outcome, "transition");
-        let applied = outcome == TransitionOutcome::Applied;
-        if applied {
-            let ran_for = change.ran_for.map(|d| d.as_secs_f64());
-            self.metrics.transitioned(execution, to, ran_for);
-        }
-        Ok(applied)
+        let recorded = match outcome {
+            TransitionOutcome::Applied => to,
+            TransitionOutcome::RecordedAsFailed(_) => Status::Failed,
+            TransitionOutcome::Refused(_) => return Ok(false),
+        };
+        let ran_for = ran_for.map(|d| d.as_secs_f64());
+        self.metrics.transitioned(execution, recorded, ran_for);
+        Ok(recorded == to)
     }
 
     fn enqueue(self: &Arc<Self>, execution: Execution) {
@@ -594,6 +623,7 @@ impl Runtime {
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
         let handle = Arc::new(Handle {
+            key: execution.key,
             stop: CancellationToken::new(),
             reason: OnceLock::new(),
             finished: CancellationToken::new(),
@@ -786,6 +816,20 @@ impl Change {
         }
     }
 
+    /// The store's request for this change of execution `key` from status `from`.
+    fn request(self, key: i64, from: Status) -> Transition {
+        Transition {
+            key,
+            from,
+            to: self.to,
+            at: now_ms(),
+            output: self.output,
+            error: self.error,
+            exit_code: self.exit_code,
+            stats: self.stats,
+        }
+    }
+
     fn error(mut self, error: ExecError) -> Change {
         self.error = Some(error);
         self
@@ -802,7 +846,7 @@ fn ended(outcome: RunOutcome, handle: &Handle, timeout_secs: u64) -> Change {
             let reason = handle
                 .reason
                 .get()
-                .copied()
+                .cloned()
                 .unwrap_or(StopReason::Cancelled);
             stopped(reason, exit, timeout_secs)
         }
@@ -848,6 +892,7 @@ fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> Change {
             "runtime_shutdown",
             "the runtime shut down while this execution was running",
         )),
+        StopReason::StreamLost(error) => Change::to(Status::Failed).error(error),
     };
     change.exit_code = exit.code();
     change

@@ -162,9 +162,11 @@ async fn measure_scheduling_lag(runtime: Arc<Runtime>, stop: CancellationToken) 
 }
 
 /// Keeps `agentnexus_database_healthy` current whether or not anyone asks for readiness, so
-/// an alert on it fires even when no probe is configured.
+/// an alert on it fires even when no probe is configured: periodically, and at once when the
+/// store's writes start or stop failing.
 async fn probe_database(runtime: Arc<Runtime>, timeout: Duration, stop: CancellationToken) {
     const PERIOD: Duration = Duration::from_secs(5);
+    let mut writes = runtime.store().write_health();
     loop {
         let healthy = matches!(
             tokio::time::timeout(timeout, runtime.ping_store()).await,
@@ -174,6 +176,7 @@ async fn probe_database(runtime: Arc<Runtime>, timeout: Duration, stop: Cancella
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
+            Ok(()) = writes.changed() => {}
         }
     }
 }

@@ -6,6 +6,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::faults::WriteLock;
+use common::witness::{Witness, assert_counted_lines, assert_seen_stored_and_ended};
 use common::{ServerProcess, assert_gapless, log_lines, write_config};
 use serde_json::json;
 
@@ -74,6 +76,48 @@ async fn a_killed_server_recovers_every_execution_and_loses_no_event() {
         assert_gapless(&events);
         assert_eq!(log_lines(&events)[0], "queued-and-ran");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_a_client_saw_before_a_kill_is_stored_once_in_order_after_a_store_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = r#"
+[[agents]]
+id = "counter"
+name = "Counter"
+price_wei = "1"
+runtime = { type = "process", command = "sh", args = ["-c", "i=1; while true; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done"] }
+"#;
+    let config = write_config(dir.path(), agents);
+    let mut server = ServerProcess::spawn(&config);
+    let client = server.client();
+    let id = client.submit("counter", json!({})).await;
+    let witness = Witness::follow(&server.url, &id).await;
+    witness.wait_lines(10, WAIT).await;
+
+    // Another process holds the write lock for 7 s (past any busy timeout), then the run goes
+    // on for a while, then the server is killed.
+    let db = dir.path().join("data").join("agentnexus.db");
+    let Some(lock) = WriteLock::hold(&db, Duration::from_secs(7)) else {
+        return;
+    };
+    lock.release();
+    let seen_so_far = log_lines(&witness.seen()).len();
+    witness.wait_lines(seen_so_far + 20, WAIT).await;
+    server.kill9();
+    let seen = witness.finish(WAIT).await;
+
+    let server = ServerProcess::spawn(&config);
+    let client = server.client();
+    let after = client.wait_terminal(&id, WAIT).await;
+    assert_eq!(after["error"]["kind"], "runtime_restarted", "{after}");
+    let stored = client.all_events(&id).await;
+    let last = assert_seen_stored_and_ended(&seen, &stored);
+    assert_eq!(last["data"]["status"], "FAILED");
+    // Nothing the agent wrote before the kill is missing in between: the stored lines are
+    // line 1, 2, 3, … up to at least what the client saw.
+    let kept = assert_counted_lines(&stored, "line ");
+    assert!(kept >= log_lines(&seen).len());
 }
 
 #[tokio::test]

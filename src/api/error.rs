@@ -56,6 +56,9 @@ impl From<Error> for ApiError {
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Error::SinceBeyondEnd { .. } => (StatusCode::BAD_REQUEST, "since_beyond_end"),
             Error::Store(StoreError::Closed) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Error::Store(StoreError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             Error::Store(e) => {
                 // Details stay in the log; the client learns only that it was on our side.
                 tracing::error!(error = %e, "store error while serving a request");

@@ -4,10 +4,13 @@
 //!
 //! The store is also where an event becomes visible: it publishes each event to the hub only
 //! after the transaction that holds it has committed, so anything a reader saw is durable.
+//!
+//! A write that fails for a passing reason (a locked database, a full disk, an I/O error) is
+//! retried, never dropped: see `StoreError::is_transient` and the SQLite writer.
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -30,6 +33,33 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// The store has not been able to write for longer than its outage limit.
+    #[error("the store cannot write: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the same write may succeed later unchanged: the database is busy or locked by
+    /// another process, the disk is full, an I/O error, memory ran out, the file cannot be
+    /// opened or is read-only for now. Everything else (a constraint, corrupt data, a bug) fails
+    /// the same way again.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                DatabaseBusy
+                    | DatabaseLocked
+                    | DiskFull
+                    | SystemIoFailure
+                    | OutOfMemory
+                    | CannotOpen
+                    | FileLockingProtocolFailed
+                    | ReadOnly
+            ),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -79,6 +109,32 @@ pub enum TransitionOutcome {
     Applied,
     /// The execution was in this status instead, or the change is not allowed.
     Refused(Status),
+    /// FAILED was recorded with this cause instead of the status asked for: the execution's
+    /// stream was cut short (see `LostStream`), or the database refused the change for good
+    /// (`store_write_failed`). If it refused even the failure's status event, the end is in the
+    /// execution's record alone and its stream has no final event.
+    RecordedAsFailed(ExecError),
+}
+
+/// An execution whose stream the store had to cut short: some of its events could not be
+/// stored (a fault outlasted the outage limit, or the database refuses them). Its later events
+/// are discarded and its end is recorded as FAILED with `error`, whatever end is reported, so
+/// the stored stream is everything up to the cut, gapless, then that final status.
+#[derive(Debug, Clone)]
+pub struct LostStream {
+    pub key: i64,
+    pub error: ExecError,
+}
+
+/// Whether the store can write, as its writer last found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteHealth {
+    Writing,
+    /// Writes fail with a passing fault and are being retried, since `since`.
+    Failing {
+        since: EpochMs,
+        error: String,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -101,10 +157,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Durably creates a PENDING execution together with its first event (seq 1).
     async fn create_execution(&self, new: NewExecution) -> Result<Execution>;
+    /// Answers once the change is committed: through passing faults it is retried until it
+    /// sticks; a change the database refuses for good is recorded as FAILED with the cause
+    /// instead. An error means the store is closed, or refuses even that.
     async fn transition(&self, transition: Transition) -> Result<TransitionOutcome>;
-    /// Appends events in order. Waits only when the write queue is full (backpressure); the
-    /// events become visible to readers once committed. Events for a finished execution are
-    /// discarded.
+    /// Appends events in order. Waits only when the write queue is full (backpressure, also
+    /// while a passing fault is retried); the events become visible to readers once committed.
+    /// Events for a finished execution, or one whose stream was cut short, are discarded.
     async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()>;
     /// Records the process group a process agent runs in (queued like `append`).
     async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()>;
@@ -126,6 +185,50 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<crate::domain::Event>>;
     /// Sum of the prices of an agent's completed executions, exact.
     async fn revenue(&self, agent_id: &str) -> Result<Wei>;
-    /// A real round trip to the database, for readiness.
+    /// A real round trip to the database, for readiness; an error while writes fail.
     async fn ping(&self) -> Result<()>;
+    /// The writer's health, updated when it changes.
+    fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use rusqlite::Connection;
+
+    #[test]
+    fn passing_faults_are_told_from_permanent_ones_by_their_sqlite_code() {
+        let code = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        for transient in [
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_LOCKED,
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR_WRITE,
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+        ] {
+            assert!(code(transient).is_transient(), "{transient}");
+        }
+        for permanent in [
+            rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER,
+            rusqlite::ffi::SQLITE_CORRUPT,
+            rusqlite::ffi::SQLITE_TOOBIG,
+            rusqlite::ffi::SQLITE_MISMATCH,
+        ] {
+            assert!(!code(permanent).is_transient(), "{permanent}");
+        }
+        assert!(!StoreError::Corrupt("bad".into()).is_transient());
+
+        // And as SQLite reports them.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let duplicate = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        assert!(!StoreError::from(duplicate).is_transient());
+    }
 }

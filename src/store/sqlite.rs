@@ -6,24 +6,26 @@
 //! are serialized without locks: per execution, events are numbered in the order they were
 //! queued, and a status change is checked against the status machine at the moment it commits.
 
-use std::collections::HashMap;
+mod commands;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    ExecutionFilter, NewEvent, NewExecution, Result, Store, StoreError, Transition,
-    TransitionOutcome,
+    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
+    TransitionOutcome, WriteHealth,
 };
-use crate::domain::{
-    Agent, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status, StatusData,
-    Wei, now_ms,
-};
+use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
 use crate::hub::Hub;
+use commands::{Command, Ledger, Record, Reply};
+use writer::Writer;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -33,77 +35,71 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
-/// a flood of log lines from growing memory without bound.
+/// a flood of log lines (or a store that cannot write for a while) from growing memory without
+/// bound.
 const WRITE_QUEUE: usize = 1024;
-/// Upper bound of commands per transaction, so one commit never grows without limit.
-const MAX_BATCH: usize = 4096;
+/// How long the writer waits for another process's write lock before it counts as a fault
+/// (and is retried); readers wait longer, since a read fails rather than retries.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader threads, each with its own read-only connection. Reads queue for the next free one:
 /// a burst of reads costs queue entries, not threads and connections (each with a page cache).
 const READERS: usize = 4;
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-enum Command {
-    PutAgent {
-        agent: Box<Agent>,
-        from_config: bool,
-        replace: bool,
-        reply: Reply<()>,
-    },
-    DeleteAgent {
-        id: String,
-        reply: Reply<bool>,
-    },
-    Create {
-        new: Box<NewExecution>,
-        reply: Reply<Execution>,
-    },
-    Append {
-        key: i64,
-        events: Vec<NewEvent>,
-    },
-    RecordProcess {
-        key: i64,
-        process: ProcessGroup,
-    },
-    Transition {
-        transition: Box<Transition>,
-        reply: Reply<TransitionOutcome>,
-    },
-    Flush {
-        reply: Reply<()>,
-    },
-}
-
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     readers: Readers,
+    health: watch::Receiver<WriteHealth>,
+}
+
+/// How the embedded store writes.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Every commit reaches the disk (survives power loss), not only the operating system.
+    pub sync_commits: bool,
+    /// How long writes are held and retried through a passing fault before the events waiting
+    /// to be written are given up (their executions end FAILED `store_unavailable`).
+    pub outage_limit: Duration,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/agentnexus.db`, migrates it and starts the writer.
-    /// `sync_commits` makes every commit reach the disk (survives power loss), not only the OS.
-    pub fn open(data_dir: &Path, sync_commits: bool, hub: Arc<Hub>) -> Result<SqliteStore> {
+    /// Executions whose streams the writer cuts short are announced on `lost`.
+    pub fn open(
+        data_dir: &Path,
+        options: SqliteOptions,
+        hub: Arc<Hub>,
+        lost: mpsc::UnboundedSender<LostStream>,
+    ) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
         let path = data_dir.join("agentnexus.db");
         let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(READER_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
             "synchronous",
-            if sync_commits { "FULL" } else { "NORMAL" },
+            if options.sync_commits {
+                "FULL"
+            } else {
+                "NORMAL"
+            },
         )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
 
         let (commands, queue) = mpsc::channel(WRITE_QUEUE);
+        let (health, health_watch) = watch::channel(WriteHealth::Writing);
         let writer = Writer {
             conn,
             hub,
-            active: HashMap::new(),
+            ledger: Ledger::default(),
+            lost,
+            health,
+            outage_limit: options.outage_limit,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -115,6 +111,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             commands,
             readers: Readers::start(path)?,
+            health: health_watch,
         })
     }
 
@@ -196,8 +193,12 @@ impl Store for SqliteStore {
 
     async fn transition(&self, transition: Transition) -> Result<TransitionOutcome> {
         let transition = Box::new(transition);
-        self.ask(|reply| Command::Transition { transition, reply })
-            .await
+        self.ask(|reply| Command::Transition {
+            transition,
+            record: Record::AsAsked,
+            reply,
+        })
+        .await
     }
 
     async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()> {
@@ -342,9 +343,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// Opens a fresh connection (so a vanished or unreadable database shows) and makes a round
-    /// trip through the writer (so a stuck writer shows).
+    /// Fails while the writer's writes fail; otherwise opens a fresh connection (so a vanished
+    /// or unreadable database shows) and makes a round trip through the writer (so a stuck
+    /// writer shows).
     async fn ping(&self) -> Result<()> {
+        if let WriteHealth::Failing { error, .. } = &*self.health.borrow() {
+            return Err(StoreError::Unavailable(error.clone()));
+        }
         let path = self.readers.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -354,6 +359,10 @@ impl Store for SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)??;
         self.flush().await
+    }
+
+    fn write_health(&self) -> watch::Receiver<WriteHealth> {
+        self.health.clone()
     }
 }
 
@@ -514,349 +523,6 @@ fn open_reader(path: &Path) -> Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
     Ok(conn)
-}
-
-/// What the writer remembers of an execution it is appending to.
-struct Active {
-    status: Status,
-    last_seq: u64,
-    dirty: bool,
-}
-
-struct Writer {
-    conn: Connection,
-    hub: Arc<Hub>,
-    active: HashMap<i64, Active>,
-}
-
-/// Sends a command's reply once the fate of its transaction is known.
-type DeferredReply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
-/// Replies and publications held back until the transaction commits.
-#[derive(Default)]
-struct Pending {
-    replies: Vec<DeferredReply>,
-    published: HashMap<i64, Vec<Event>>,
-    finished: Vec<i64>,
-}
-
-impl Pending {
-    fn reply<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T>) {
-        self.replies.push(Box::new(move |commit_error| {
-            let result = match commit_error {
-                Some(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
-                None => result,
-            };
-            let _ = reply.send(result);
-        }));
-    }
-}
-
-impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-            let mut pending = Pending::default();
-            let outcome = self.apply_batch(batch.drain(..), &mut pending);
-            if let Err(e) = &outcome {
-                tracing::error!(error = %e, "store write failed; the batch is lost");
-                // Our seq bookkeeping may be ahead of the database now: reload on next use.
-                self.active.clear();
-            }
-            for reply in pending.replies {
-                reply(outcome.as_ref().err());
-            }
-            if outcome.is_ok() {
-                for (key, events) in pending.published {
-                    let finished = pending.finished.contains(&key);
-                    self.hub.publish(key, events, finished);
-                }
-                for key in pending.finished {
-                    self.active.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn apply_batch(
-        &mut self,
-        commands: impl Iterator<Item = Command>,
-        pending: &mut Pending,
-    ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        for command in commands {
-            match command {
-                Command::PutAgent {
-                    agent,
-                    from_config,
-                    replace,
-                    reply,
-                } => {
-                    let result = put_agent(&tx, &agent, from_config, replace);
-                    pending.reply(reply, result);
-                }
-                Command::DeleteAgent { id, reply } => {
-                    let deleted = tx.execute("DELETE FROM agents WHERE id = ?1", [&id])? > 0;
-                    pending.reply(reply, Ok(deleted));
-                }
-                Command::Create { new, reply } => {
-                    let result = create(&tx, &mut self.active, *new, pending);
-                    pending.reply(reply, result);
-                }
-                Command::Append { key, events } => {
-                    append(&tx, &mut self.active, key, events, pending)?;
-                }
-                Command::Transition { transition, reply } => {
-                    let result = transition_to(&tx, &mut self.active, *transition, pending);
-                    pending.reply(reply, result);
-                }
-                Command::RecordProcess { key, process } => {
-                    tx.prepare_cached(
-                        "UPDATE executions SET process_group = ?2, process_started = ?3, \
-                         process_cgroup = ?4 WHERE key = ?1",
-                    )?
-                    .execute(params![
-                        key,
-                        process.group,
-                        process.started_ticks as i64,
-                        process
-                            .cgroup
-                            .as_deref()
-                            .map(|p| p.to_string_lossy().into_owned()),
-                    ])?;
-                }
-                Command::Flush { reply } => pending.reply(reply, Ok(())),
-            }
-        }
-        let mut stmt = tx.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE key = ?1")?;
-        for (key, active) in self.active.iter_mut().filter(|(_, a)| a.dirty) {
-            stmt.execute(params![key, active.last_seq as i64])?;
-            active.dirty = false;
-        }
-        drop(stmt);
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-fn put_agent(conn: &Connection, agent: &Agent, from_config: bool, replace: bool) -> Result<()> {
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM agents WHERE id = ?1",
-            [&agent.id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if exists && !replace {
-        return Err(StoreError::AlreadyExists(format!("agent {:?}", agent.id)));
-    }
-    let definition = serde_json::to_string(agent).expect("agents serialize");
-    conn.execute(
-        "INSERT INTO agents (id, definition, from_config, created_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (id) DO UPDATE SET definition = excluded.definition,
-                                        from_config = excluded.from_config",
-        params![agent.id, definition, from_config, now_ms()],
-    )?;
-    Ok(())
-}
-
-fn create(
-    conn: &Connection,
-    active: &mut HashMap<i64, Active>,
-    new: NewExecution,
-    pending: &mut Pending,
-) -> Result<Execution> {
-    let agent_json = serde_json::to_string(&new.agent).expect("agents serialize");
-    conn.prepare_cached(
-        "INSERT INTO executions (id, agent_id, user_id, status, agent, price_wei, input, created_at)
-         VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        new.id,
-        new.agent.id,
-        new.user_id,
-        agent_json,
-        new.agent.price_wei.to_string(),
-        new.input.to_string(),
-        new.created_at
-    ])?;
-    let key = conn.last_insert_rowid();
-    active.insert(
-        key,
-        Active {
-            status: Status::Pending,
-            last_seq: 0,
-            dirty: false,
-        },
-    );
-    let status = status_event(Status::Pending, None, None, None, new.created_at);
-    append(conn, active, key, vec![status], pending)?;
-    Ok(Execution {
-        execution_id: new.id,
-        agent_id: new.agent.id.clone(),
-        agent_name: new.agent.name.clone(),
-        user_id: new.user_id,
-        status: Status::Pending,
-        input: new.input,
-        output: None,
-        error: None,
-        exit_code: None,
-        created_at: new.created_at,
-        started_at: None,
-        finished_at: None,
-        duration_ms: None,
-        price_wei: new.agent.price_wei,
-        peak_memory_bytes: None,
-        peak_cpu_percent: None,
-        log_lines: 0,
-        log_lines_dropped: 0,
-        last_seq: 1,
-        agent: new.agent,
-        key,
-        process: None,
-    })
-}
-
-fn load_active<'a>(
-    conn: &Connection,
-    active: &'a mut HashMap<i64, Active>,
-    key: i64,
-) -> Result<Option<&'a mut Active>> {
-    if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(key) {
-        let row = conn
-            .query_row(
-                "SELECT status, last_seq FROM executions WHERE key = ?1",
-                [key],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
-            )
-            .optional()?;
-        let Some((status, last_seq)) = row else {
-            return Ok(None);
-        };
-        slot.insert(Active {
-            status: status.parse().map_err(StoreError::Corrupt)?,
-            last_seq: last_seq as u64,
-            dirty: false,
-        });
-    }
-    Ok(active.get_mut(&key))
-}
-
-fn append(
-    conn: &Connection,
-    active: &mut HashMap<i64, Active>,
-    key: i64,
-    events: Vec<NewEvent>,
-    pending: &mut Pending,
-) -> Result<()> {
-    let Some(state) = load_active(conn, active, key)? else {
-        tracing::warn!(key, "events for an unknown execution were discarded");
-        return Ok(());
-    };
-    // The final status event is the last one: the stream of a finished execution is closed.
-    // (A status event itself is appended before the status is updated, so it passes.)
-    if state.status.is_terminal() {
-        tracing::debug!(
-            key,
-            count = events.len(),
-            "events after the end were discarded"
-        );
-        return Ok(());
-    }
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO events (execution_key, seq, kind, data, timestamp) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let published = pending.published.entry(key).or_default();
-    for event in events {
-        state.last_seq += 1;
-        insert.execute(params![
-            key,
-            state.last_seq as i64,
-            event.kind.as_str(),
-            event.data.get(),
-            event.timestamp
-        ])?;
-        published.push(Event {
-            seq: state.last_seq,
-            kind: event.kind,
-            data: event.data,
-            timestamp: event.timestamp,
-        });
-    }
-    state.dirty = true;
-    Ok(())
-}
-
-fn status_event(
-    status: Status,
-    output: Option<serde_json::Value>,
-    error: Option<ExecError>,
-    exit_code: Option<i32>,
-    at: i64,
-) -> NewEvent {
-    let data = EventData::Status(StatusData {
-        status,
-        output,
-        error,
-        exit_code,
-    });
-    NewEvent {
-        kind: EventKind::Status,
-        data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
-        timestamp: at,
-    }
-}
-
-fn transition_to(
-    conn: &Connection,
-    active: &mut HashMap<i64, Active>,
-    t: Transition,
-    pending: &mut Pending,
-) -> Result<TransitionOutcome> {
-    let Some(state) = load_active(conn, active, t.key)? else {
-        return Err(StoreError::Corrupt(format!(
-            "no execution with key {}",
-            t.key
-        )));
-    };
-    if state.status != t.from || !t.from.can_become(t.to) {
-        return Ok(TransitionOutcome::Refused(state.status));
-    }
-    let stats = t.stats.unwrap_or_default();
-    let terminal = t.to.is_terminal();
-    conn.prepare_cached(
-        "UPDATE executions SET status = ?2,
-             started_at = CASE WHEN ?2 = 'RUNNING' THEN ?3 ELSE started_at END,
-             finished_at = CASE WHEN ?4 THEN ?3 ELSE finished_at END,
-             output = ?5, error_kind = ?6, error_message = ?7, exit_code = ?8,
-             peak_memory_bytes = coalesce(?9, peak_memory_bytes),
-             peak_cpu_percent = coalesce(?10, peak_cpu_percent),
-             log_lines = log_lines + ?11, log_lines_dropped = log_lines_dropped + ?12
-         WHERE key = ?1",
-    )?
-    .execute(params![
-        t.key,
-        t.to.as_str(),
-        t.at,
-        terminal,
-        t.output.as_ref().map(|o| o.to_string()),
-        t.error.as_ref().map(|e| &e.kind),
-        t.error.as_ref().map(|e| &e.message),
-        t.exit_code,
-        stats.peak_memory_bytes.map(|m| m as i64),
-        stats.peak_cpu_percent,
-        stats.log_lines as i64,
-        stats.log_lines_dropped as i64,
-    ])?;
-    let event = status_event(t.to, t.output, t.error, t.exit_code, t.at);
-    append(conn, active, t.key, vec![event], pending)?;
-    let state = active.get_mut(&t.key).expect("loaded above");
-    state.status = t.to;
-    if terminal {
-        pending.finished.push(t.key);
-    }
-    Ok(TransitionOutcome::Applied)
 }

@@ -4,7 +4,9 @@
 
 pub mod daemon_proxy;
 pub mod docker;
+pub mod faults;
 pub mod prometheus;
+pub mod witness;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,509 @@
+//! The writer's commands, and what each does inside a transaction. Applying a command only
+//! reads it: when the transaction fails, the same commands are applied again, so nothing is
+//! taken out of a command (its events, its reply) until its transaction has committed
+//! (`finish`).
+//!
+//! Here `seq` numbers are assigned: per execution, in the order its events were queued, from
+//! the ledger's count, which is reloaded from the database after a transaction fails.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
+use crate::domain::{
+    Agent, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status, StatusData,
+    now_ms,
+};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(super) enum Command {
+    PutAgent {
+        agent: Box<Agent>,
+        from_config: bool,
+        replace: bool,
+        reply: Reply<()>,
+    },
+    DeleteAgent {
+        id: String,
+        reply: Reply<bool>,
+    },
+    Create {
+        new: Box<NewExecution>,
+        reply: Reply<Execution>,
+    },
+    Append {
+        key: i64,
+        events: Vec<NewEvent>,
+    },
+    RecordProcess {
+        key: i64,
+        process: ProcessGroup,
+    },
+    Transition {
+        transition: Box<Transition>,
+        record: Record,
+        reply: Reply<TransitionOutcome>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+}
+
+/// How a status change is recorded. The writer steps down this list when the database refuses
+/// a change for good, so that an execution never stays unfinished: FAILED with the cause, and
+/// as the last resort in the execution's row alone, when even its status event is refused.
+#[derive(Debug, Clone)]
+pub(super) enum Record {
+    AsAsked,
+    AsFailure(ExecError),
+    RowOnly(ExecError),
+}
+
+impl Command {
+    /// Answers a command that will not be applied; commands without a reply are dropped.
+    pub(super) fn answer_error(self, error: StoreError) {
+        match self {
+            Command::PutAgent { reply, .. } | Command::Flush { reply } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::DeleteAgent { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Create { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Transition { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Append { .. } | Command::RecordProcess { .. } => {}
+        }
+    }
+}
+
+/// What applying a command produced, held until its transaction commits.
+pub(super) enum Applied {
+    /// `Err(AlreadyExists)` is an answer, not a failed write.
+    PutAgent(Result<()>),
+    DeleteAgent(bool),
+    Create(Box<Execution>, Event),
+    /// The seq of the first event; `None` when the events were discarded.
+    Append(Option<u64>),
+    /// The outcome, the status event, and whether the execution ended.
+    Transition(TransitionOutcome, Option<Event>, bool),
+    Nothing,
+}
+
+/// What the writer remembers of an execution it is appending to.
+struct Active {
+    status: Status,
+    last_seq: u64,
+    dirty: bool,
+}
+
+/// The writer's memory of executions: the committed state of those it writes to (a cache of
+/// the database, dropped when a transaction fails), and the streams it cut short (its own
+/// decisions, kept until their final status is committed).
+#[derive(Default)]
+pub(super) struct Ledger {
+    active: HashMap<i64, Active>,
+    cut_short: HashMap<i64, ExecError>,
+}
+
+impl Ledger {
+    /// After a failed transaction: what is cached may be ahead of the database.
+    pub(super) fn forget_uncommitted(&mut self) {
+        self.active.clear();
+    }
+
+    /// Marks a stream cut short; returns false if it already was.
+    pub(super) fn cut_short(&mut self, key: i64, error: ExecError) -> bool {
+        if self.cut_short.contains_key(&key) {
+            return false;
+        }
+        self.cut_short.insert(key, error);
+        true
+    }
+
+    /// After the final status of `key` is committed.
+    pub(super) fn finished(&mut self, key: i64) {
+        self.active.remove(&key);
+        self.cut_short.remove(&key);
+    }
+
+    /// Records each execution's last seq, in the transaction that assigned it.
+    pub(super) fn write_last_seqs(&mut self, conn: &Connection) -> Result<()> {
+        let mut stmt = conn.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE key = ?1")?;
+        for (key, active) in self.active.iter_mut().filter(|(_, a)| a.dirty) {
+            stmt.execute(params![key, active.last_seq as i64])?;
+            active.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn load<'a>(&'a mut self, conn: &Connection, key: i64) -> Result<Option<&'a mut Active>> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.active.entry(key) {
+            let row = conn
+                .query_row(
+                    "SELECT status, last_seq FROM executions WHERE key = ?1",
+                    [key],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            let Some((status, last_seq)) = row else {
+                return Ok(None);
+            };
+            slot.insert(Active {
+                status: status.parse().map_err(StoreError::Corrupt)?,
+                last_seq: last_seq as u64,
+                dirty: false,
+            });
+        }
+        Ok(self.active.get_mut(&key))
+    }
+}
+
+/// Applies one command in the open transaction `conn`. An error fails the whole transaction.
+pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -> Result<Applied> {
+    Ok(match command {
+        Command::PutAgent {
+            agent,
+            from_config,
+            replace,
+            ..
+        } => Applied::PutAgent(put_agent(conn, agent, *from_config, *replace)?),
+        Command::DeleteAgent { id, .. } => {
+            Applied::DeleteAgent(conn.execute("DELETE FROM agents WHERE id = ?1", [id])? > 0)
+        }
+        Command::Create { new, .. } => {
+            let (execution, event) = create(conn, ledger, new)?;
+            Applied::Create(Box::new(execution), event)
+        }
+        Command::Append { key, .. } if ledger.cut_short.contains_key(key) => Applied::Append(None),
+        Command::Append { key, events } => {
+            let events = events.iter().map(|e| (e.kind, e.data.get(), e.timestamp));
+            Applied::Append(append(conn, ledger, *key, events)?)
+        }
+        Command::Transition {
+            transition, record, ..
+        } => transition_to(conn, ledger, transition, record)?,
+        Command::RecordProcess { key, process } => {
+            conn.prepare_cached(
+                "UPDATE executions SET process_group = ?2, process_started = ?3, \
+                 process_cgroup = ?4 WHERE key = ?1",
+            )?
+            .execute(params![
+                key,
+                process.group,
+                process.started_ticks as i64,
+                process
+                    .cgroup
+                    .as_deref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            ])?;
+            Applied::Nothing
+        }
+        Command::Flush { .. } => Applied::Nothing,
+    })
+}
+
+/// Events committed in one transaction, to be published: per execution in seq order, and
+/// which executions ended.
+#[derive(Default)]
+pub(super) struct Committed {
+    pub events: HashMap<i64, Vec<Event>>,
+    pub finished: Vec<i64>,
+}
+
+/// Sends a committed command's reply and takes its events for publication.
+pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committed) {
+    match (command, applied) {
+        (Command::PutAgent { reply, .. }, Applied::PutAgent(result)) => {
+            let _ = reply.send(result);
+        }
+        (Command::DeleteAgent { reply, .. }, Applied::DeleteAgent(deleted)) => {
+            let _ = reply.send(Ok(deleted));
+        }
+        (Command::Create { reply, .. }, Applied::Create(execution, event)) => {
+            committed
+                .events
+                .entry(execution.key)
+                .or_default()
+                .push(event);
+            let _ = reply.send(Ok(*execution));
+        }
+        (Command::Append { key, events }, Applied::Append(Some(first))) => {
+            let published = committed.events.entry(key).or_default();
+            published.extend(events.into_iter().zip(first..).map(|(e, seq)| Event {
+                seq,
+                kind: e.kind,
+                data: e.data,
+                timestamp: e.timestamp,
+            }));
+        }
+        (
+            Command::Transition {
+                transition, reply, ..
+            },
+            Applied::Transition(outcome, event, ended),
+        ) => {
+            // Also without an event (recorded in the row only): followers learn of the end.
+            let published = committed.events.entry(transition.key).or_default();
+            published.extend(event);
+            if ended {
+                committed.finished.push(transition.key);
+            }
+            let _ = reply.send(Ok(outcome));
+        }
+        (Command::Flush { reply }, _) => {
+            let _ = reply.send(Ok(()));
+        }
+        _ => {}
+    }
+}
+
+fn put_agent(
+    conn: &Connection,
+    agent: &Agent,
+    from_config: bool,
+    replace: bool,
+) -> Result<Result<()>> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM agents WHERE id = ?1",
+            [&agent.id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if exists && !replace {
+        return Ok(Err(StoreError::AlreadyExists(format!(
+            "agent {:?}",
+            agent.id
+        ))));
+    }
+    let definition = serde_json::to_string(agent).expect("agents serialize");
+    conn.execute(
+        "INSERT INTO agents (id, definition, from_config, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET definition = excluded.definition,
+                                        from_config = excluded.from_config",
+        params![agent.id, definition, from_config, now_ms()],
+    )?;
+    Ok(Ok(()))
+}
+
+fn create(
+    conn: &Connection,
+    ledger: &mut Ledger,
+    new: &NewExecution,
+) -> Result<(Execution, Event)> {
+    let agent_json = serde_json::to_string(&new.agent).expect("agents serialize");
+    conn.prepare_cached(
+        "INSERT INTO executions (id, agent_id, user_id, status, agent, price_wei, input, created_at)
+         VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        new.id,
+        new.agent.id,
+        new.user_id,
+        agent_json,
+        new.agent.price_wei.to_string(),
+        new.input.to_string(),
+        new.created_at
+    ])?;
+    let key = conn.last_insert_rowid();
+    ledger.active.insert(
+        key,
+        Active {
+            status: Status::Pending,
+            last_seq: 0,
+            dirty: false,
+        },
+    );
+    let event = status_event(Status::Pending, None, None, None, new.created_at);
+    let event = append_one(conn, ledger, key, event)?.expect("a new execution takes events");
+    let execution = Execution {
+        execution_id: new.id.clone(),
+        agent_id: new.agent.id.clone(),
+        agent_name: new.agent.name.clone(),
+        user_id: new.user_id.clone(),
+        status: Status::Pending,
+        input: new.input.clone(),
+        output: None,
+        error: None,
+        exit_code: None,
+        created_at: new.created_at,
+        started_at: None,
+        finished_at: None,
+        duration_ms: None,
+        price_wei: new.agent.price_wei,
+        peak_memory_bytes: None,
+        peak_cpu_percent: None,
+        log_lines: 0,
+        log_lines_dropped: 0,
+        last_seq: 1,
+        agent: new.agent.clone(),
+        key,
+        process: None,
+    };
+    Ok((execution, event))
+}
+
+/// Inserts events with the next seqs; returns the first one, or `None` if the execution is
+/// unknown or finished (its events are discarded).
+fn append<'a>(
+    conn: &Connection,
+    ledger: &mut Ledger,
+    key: i64,
+    events: impl ExactSizeIterator<Item = (EventKind, &'a str, i64)>,
+) -> Result<Option<u64>> {
+    let Some(state) = ledger.load(conn, key)? else {
+        tracing::warn!(key, "events for an unknown execution were discarded");
+        return Ok(None);
+    };
+    // The final status event is the last one: the stream of a finished execution is closed.
+    // (A status event itself is appended before the status is updated, so it passes.)
+    if state.status.is_terminal() {
+        tracing::debug!(
+            key,
+            count = events.len(),
+            "events after the end were discarded"
+        );
+        return Ok(None);
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (execution_key, seq, kind, data, timestamp) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let first = state.last_seq + 1;
+    for (kind, data, timestamp) in events {
+        // Counted only once the insert succeeded; a failed one fails the transaction anyway.
+        insert.execute(params![
+            key,
+            (state.last_seq + 1) as i64,
+            kind.as_str(),
+            data,
+            timestamp
+        ])?;
+        state.last_seq += 1;
+        state.dirty = true;
+    }
+    Ok(Some(first))
+}
+
+/// Appends one event this module made (a status event), returning it with its seq.
+fn append_one(
+    conn: &Connection,
+    ledger: &mut Ledger,
+    key: i64,
+    event: NewEvent,
+) -> Result<Option<Event>> {
+    let one = std::iter::once((event.kind, event.data.get(), event.timestamp));
+    Ok(append(conn, ledger, key, one)?.map(|seq| Event {
+        seq,
+        kind: event.kind,
+        data: event.data,
+        timestamp: event.timestamp,
+    }))
+}
+
+fn status_event(
+    status: Status,
+    output: Option<serde_json::Value>,
+    error: Option<ExecError>,
+    exit_code: Option<i32>,
+    at: i64,
+) -> NewEvent {
+    let data = EventData::Status(StatusData {
+        status,
+        output,
+        error,
+        exit_code,
+    });
+    NewEvent {
+        kind: EventKind::Status,
+        data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
+        timestamp: at,
+    }
+}
+
+fn transition_to(
+    conn: &Connection,
+    ledger: &mut Ledger,
+    t: &Transition,
+    record: &Record,
+) -> Result<Applied> {
+    let Some(state) = ledger.load(conn, t.key)? else {
+        return Err(StoreError::Corrupt(format!(
+            "no execution with key {}",
+            t.key
+        )));
+    };
+    let current = state.status;
+    if current != t.from || !t.from.can_become(t.to) {
+        if current.is_terminal() {
+            ledger.cut_short.remove(&t.key);
+        }
+        return Ok(Applied::Transition(
+            TransitionOutcome::Refused(current),
+            None,
+            false,
+        ));
+    }
+    // A stream that was cut short ends FAILED with the cut's cause, whatever the run reported:
+    // its last events are missing, and the final status says so.
+    let failure = match record {
+        Record::AsAsked => ledger
+            .cut_short
+            .get(&t.key)
+            .filter(|_| t.to.is_terminal())
+            .cloned(),
+        Record::AsFailure(cause) | Record::RowOnly(cause) => Some(cause.clone()),
+    };
+    let (to, output, outcome) = match &failure {
+        Some(cause) => (
+            Status::Failed,
+            None,
+            TransitionOutcome::RecordedAsFailed(cause.clone()),
+        ),
+        None => (t.to, t.output.clone(), TransitionOutcome::Applied),
+    };
+    let error = failure.or_else(|| t.error.clone());
+    let stats = t.stats.unwrap_or_default();
+    let terminal = to.is_terminal();
+    conn.prepare_cached(
+        "UPDATE executions SET status = ?2,
+             started_at = CASE WHEN ?2 = 'RUNNING' THEN ?3 ELSE started_at END,
+             finished_at = CASE WHEN ?4 THEN ?3 ELSE finished_at END,
+             output = ?5, error_kind = ?6, error_message = ?7, exit_code = ?8,
+             peak_memory_bytes = coalesce(?9, peak_memory_bytes),
+             peak_cpu_percent = coalesce(?10, peak_cpu_percent),
+             log_lines = log_lines + ?11, log_lines_dropped = log_lines_dropped + ?12
+         WHERE key = ?1",
+    )?
+    .execute(params![
+        t.key,
+        to.as_str(),
+        t.at,
+        terminal,
+        output.as_ref().map(|o| o.to_string()),
+        error.as_ref().map(|e| &e.kind),
+        error.as_ref().map(|e| &e.message),
+        t.exit_code,
+        stats.peak_memory_bytes.map(|m| m as i64),
+        stats.peak_cpu_percent,
+        stats.log_lines as i64,
+        stats.log_lines_dropped as i64,
+    ])?;
+    let event = match record {
+        Record::RowOnly(_) => None,
+        _ => {
+            let event = status_event(to, output, error, t.exit_code, t.at);
+            append_one(conn, ledger, t.key, event)?
+        }
+    };
+    let state = ledger.active.get_mut(&t.key).expect("loaded above");
+    state.status = to;
+    Ok(Applied::Transition(outcome, event, terminal))
+}
