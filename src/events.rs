@@ -201,6 +201,10 @@ pub struct Follow {
     live_closed: bool,
     /// Deliver what is committed, then end (`drain`).
     draining: bool,
+    /// The follow had nothing to deliver from the start (finished, and `since` at its end).
+    started_complete: bool,
+    /// The final status event was delivered.
+    saw_final: bool,
     done: bool,
 }
 
@@ -239,6 +243,8 @@ impl Follow {
             catching_up: true,
             live_closed: false,
             draining: false,
+            started_complete: done,
+            saw_final: false,
             done,
         })
     }
@@ -274,6 +280,11 @@ impl Follow {
                 let bytes: usize = page.iter().map(|e| e.data.get().len()).sum();
                 if page.len() < PAGE && bytes < PAGE_BYTES {
                     self.catching_up = false;
+                    // Finished before we began: the store holds all there will ever be, even
+                    // when its end could not be stored as an event (`ended_unrecorded`).
+                    if self.start_status.is_terminal() {
+                        self.done = true;
+                    }
                 }
                 if page.is_empty() && self.live_closed {
                     // The stream ended at or before `since`.
@@ -335,6 +346,7 @@ impl Follow {
             self.last_seq = event.seq;
             if event.status().is_some_and(|s| s.is_terminal()) {
                 self.done = true;
+                self.saw_final = true;
                 self.queue.clear();
                 self.batch = None;
             }
@@ -344,6 +356,13 @@ impl Follow {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Whether the follow ended because the execution did, without a final status event to
+    /// deliver: the store could not write it (the execution's record has its end). A client
+    /// must be told, or it would wait for that event for ever.
+    pub fn ended_unrecorded(&self) -> bool {
+        self.done && !self.saw_final && !self.started_complete && !self.draining
     }
 
     /// Ends the follow once every event committed so far has been delivered, instead of waiting

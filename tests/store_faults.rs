@@ -355,6 +355,29 @@ async fn an_execution_whose_every_event_is_refused_still_ends_failed_in_its_reco
         followed.push(event.seq);
     }
     assert_eq!(followed, [1, 2]);
+    // So is one that comes after the end: it gets what was stored, then the end, not silence.
+    let mut late = server.runtime().follow(&caller, &sealed, 0).await.unwrap();
+    let mut replayed = Vec::new();
+    while let Some(event) = tokio::time::timeout(WAIT, late.next())
+        .await
+        .expect("a late follower ends")
+        .unwrap()
+    {
+        replayed.push(event.seq);
+    }
+    assert_eq!(replayed, [1, 2]);
+    // A WebSocket client is told why no final status event comes...
+    let ws = common::ws::Ws::connect(&server).await;
+    let told = subscribe_until_error(ws, &sealed).await;
+    assert_eq!(told.0, [1, 2]);
+    assert_eq!(told.1["data"]["code"], "end_not_stored", "{}", told.1);
+    assert_eq!(told.1["executionId"], sealed.as_str());
+    // ...and the command-line client exits with the execution's code (FAILED: 1).
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_agentnexus"))
+        .args(["logs", &sealed, "--follow", "--url", &server.url])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1), "{cli:?}");
     let (status, body) = server
         .client
         .post(&format!("/api/executions/{sealed}/cancel"), json!({}))
@@ -362,4 +385,19 @@ async fn an_execution_whose_every_event_is_refused_still_ends_failed_in_its_reco
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let completed = server.client.wait_terminal(&fine, WAIT).await;
     assert_eq!(completed["status"], "COMPLETED", "{completed}");
+}
+
+/// Subscribes from the start; returns the seqs of the events received before the first `error`
+/// message, and that message.
+async fn subscribe_until_error(mut ws: common::ws::Ws, id: &str) -> (Vec<u64>, Value) {
+    ws.subscribe(id, None).await;
+    let mut seqs = Vec::new();
+    loop {
+        let message = ws.message().await;
+        match message["type"].as_str() {
+            Some("error") => return (seqs, message),
+            Some("subscribed") => {}
+            _ => seqs.push(message["seq"].as_u64().expect("an event")),
+        }
+    }
 }

@@ -42,6 +42,8 @@ const GIVE_UP: Duration = Duration::from_secs(300);
 enum End {
     /// The execution's terminal status was printed (or it had ended at or before `since`).
     Done(Status),
+    /// The execution has ended without a final status event; its record has the status.
+    EndedUnrecorded,
     /// The connection is gone; `subscribed` says whether the server had acknowledged us.
     Lost { subscribed: bool, why: String },
 }
@@ -73,6 +75,7 @@ pub async fn follow(
                 connected = true;
                 match session(socket, id, &mut since, print).await? {
                     End::Done(status) => return Ok(status),
+                    End::EndedUnrecorded => return recorded_end(client, id).await,
                     End::Lost { subscribed, why } => {
                         if subscribed {
                             delay = FIRST_DELAY;
@@ -112,6 +115,16 @@ pub async fn follow(
         tokio::time::sleep(wait).await;
         delay = (delay * 2).min(MAX_DELAY);
     }
+}
+
+/// The status in the execution's record, for an end that is not in its event stream.
+async fn recorded_end(client: &Client, id: &str) -> anyhow::Result<Status> {
+    let execution = client.get(&["executions", id], &[]).await?;
+    execution["status"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &Status| s.is_terminal())
+        .ok_or_else(|| anyhow!("execution {id} has no final status in its record: {execution}"))
 }
 
 /// A wait drawn uniformly from [d/2, d).
@@ -252,6 +265,7 @@ async fn session(
                     }
                 }
                 OnError::Reconnect(why) => return lost(subscribed, why),
+                OnError::EndedUnrecorded => return Ok(End::EndedUnrecorded),
             },
             ServerMessage::Event(event) if event.execution_id == id => {
                 // After a reconnection the replay starts after `since`; the check only guards
@@ -289,6 +303,8 @@ enum OnError {
     /// `since` was moved; subscribe again on this connection.
     Resubscribe,
     Reconnect(String),
+    /// The execution ended without a final status event.
+    EndedUnrecorded,
 }
 
 fn on_error(problem: Problem, since: &mut u64) -> anyhow::Result<OnError> {
@@ -317,6 +333,10 @@ fn on_error(problem: Problem, since: &mut u64) -> anyhow::Result<OnError> {
             );
             *since = last_seq;
             Ok(OnError::Resubscribe)
+        }
+        ErrorCode::EndNotStored => {
+            eprintln!("{}", dim(&format!("-- {}", problem.message)));
+            Ok(OnError::EndedUnrecorded)
         }
         // Only the dropped message is lost, and this client sends one.
         ErrorCode::RateLimited => Ok(OnError::Continue),

@@ -28,8 +28,13 @@ const PASSTHROUGH_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ
 /// end of the pipes, or once they have been quiet this long — someone outside the containment
 /// may hold them open — keeping everything read so far.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
-/// ... and in any case after this long.
+/// ... and in any case once reading has waited this long in all. Only waiting for the pipes
+/// counts: time spent handing lines to the store (which may be holding writes through a fault)
+/// never cuts off what is still in a pipe.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// More than a pipe can hold (`/proc/sys/fs/pipe-max-size`, 1 MiB by default) read after the
+/// agent's end means someone outside the containment is still writing: reading stops there.
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
 
 pub struct ProcessExecutor {
     /// Per-execution working directories (`<scratch_root>/<execution id>`).
@@ -262,19 +267,23 @@ async fn pump(
 ) -> Option<Value> {
     let mut reader = LineReader::new(pipe, max_line_bytes);
     let mut last_json = None;
-    let mut drain_until = None;
+    // Set once the agent has exited: how long reading may still wait, in all.
+    let mut drain_left: Option<Duration> = None;
+    let mut drained = 0;
     loop {
-        let next = match drain_until {
+        let next = match drain_left {
             None => tokio::select! {
                 next = reader.next_lines() => next,
                 _ = exited.cancelled() => {
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    drain_left = Some(DRAIN_LIMIT);
                     continue;
                 }
             },
-            Some(limit) => {
-                let quiet = (tokio::time::Instant::now() + DRAIN_QUIET).min(limit);
-                match tokio::time::timeout_at(quiet, reader.next_lines()).await {
+            Some(left) => {
+                let waiting = tokio::time::Instant::now();
+                let read = tokio::time::timeout(DRAIN_QUIET.min(left), reader.next_lines()).await;
+                drain_left = Some(left.saturating_sub(waiting.elapsed()));
+                match read {
                     Ok(next) => next,
                     Err(_) => {
                         tracing::debug!(
@@ -288,7 +297,12 @@ async fn pump(
         };
         match next {
             Ok(Some(lines)) => {
-                if !deliver(lines, stream, &recorder, &mut last_json).await {
+                if drain_left.is_some() {
+                    drained += lines.iter().map(|l| l.len() + 1).sum::<usize>();
+                }
+                if !deliver(lines, stream, &recorder, &mut last_json).await
+                    || drained > DRAIN_MAX_BYTES
+                {
                     break;
                 }
             }

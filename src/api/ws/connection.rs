@@ -276,6 +276,12 @@ impl Connection {
                     self.turn = index + 1;
                 }
                 Poll::Ready(Ok(None)) => {
+                    if follower.follow.ended_unrecorded() {
+                        let id = follower.execution_id.clone();
+                        let message = "the execution has ended but its final status event could not be stored; its record has the end";
+                        self.outbox
+                            .error(Some(&id), ErrorCode::EndNotStored, message);
+                    }
                     self.followers.swap_remove(index);
                 }
                 Poll::Ready(Err(e)) => {

@@ -164,6 +164,9 @@ pub enum ErrorCode {
     NotFound,
     /// `since` is above the execution's last seq: no event the client could have seen.
     SinceBeyondEnd,
+    /// The execution has ended, but its final status event could not be stored; its record
+    /// (`GET /api/executions/{id}`) has the end. The subscription is over.
+    EndNotStored,
     TooManySubscriptions,
     /// Messages come faster than the rate limit; this one was dropped.
     RateLimited,
@@ -180,6 +183,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::SinceBeyondEnd => "since_beyond_end",
+            ErrorCode::EndNotStored => "end_not_stored",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
@@ -293,6 +297,7 @@ mod tests {
             ErrorCode::BadRequest,
             ErrorCode::NotFound,
             ErrorCode::SinceBeyondEnd,
+            ErrorCode::EndNotStored,
             ErrorCode::TooManySubscriptions,
             ErrorCode::RateLimited,
             ErrorCode::Internal,
