@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, MatchedPath, Query, Request};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -153,14 +154,15 @@ pub fn metrics_router() -> Router<AppState> {
         .route("/metrics/json", get(metrics::json))
 }
 
-/// Counts every request by route template (never the raw path: ids would explode the series).
+/// Counts every request by route template (never the raw path: ids would explode the series)
+/// and method, which a client may make up: only the standard ones are named.
 async fn track_request(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -168,10 +170,21 @@ async fn track_request(
         .to_owned();
     let response = next.run(request).await;
     state.runtime.metrics().http_request(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The metric label of a request method: one of a fixed set, whatever the client sent.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }
