@@ -56,6 +56,10 @@ pub struct Config {
     /// Also serve `/metrics` and `/metrics/json` on this separate address (e.g. kept off the
     /// public port); they stay on the main listener too.
     pub metrics_bind: Option<SocketAddr>,
+    /// Names besides the loopback ones that this server answers to without API keys (names
+    /// an `/etc/hosts` entry or a local proxy gives it). Anything else is refused, which is
+    /// what stops DNS rebinding. Host names or IP addresses, without a port.
+    pub allowed_hosts: Vec<String>,
     pub agents: Vec<ConfigAgent>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -77,6 +81,7 @@ impl Default for Config {
             docker: DockerConfig::default(),
             websocket: WebSocketConfig::default(),
             metrics_bind: None,
+            allowed_hosts: Vec::new(),
             agents: Vec::new(),
             api_keys: Vec::new(),
         }
@@ -170,8 +175,9 @@ pub struct WebSocketConfig {
     pub rate_limit_per_sec: u32,
     /// Inbound messages allowed in a burst.
     pub rate_limit_burst: u32,
-    /// Browser origins allowed to connect besides the server's own; requests without an
-    /// `Origin` header (non-browser clients) are not affected.
+    /// Browser origins (`scheme://host[:port]`) allowed to connect besides the server's own;
+    /// requests without an `Origin` header (non-browser clients) are not affected. Without API
+    /// keys, the only origins whose pages may send requests to the API at all.
     pub allowed_origins: Vec<String>,
 }
 
@@ -331,6 +337,18 @@ impl Config {
         if self.default_timeout_secs == 0 {
             return invalid("default_timeout_secs must be at least 1".into());
         }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            crate::site::Host::parse(host).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "allowed_hosts[{i}]: {e} (a name or address without a port; no wildcards)"
+                ))
+            })?;
+        }
+        for (i, origin) in ws.allowed_origins.iter().enumerate() {
+            origin.parse::<crate::site::Origin>().map_err(|e| {
+                ConfigError::Invalid(format!("websocket.allowed_origins[{i}]: {e}"))
+            })?;
+        }
         for (i, key) in self.api_keys.iter().enumerate() {
             if key.key.len() < 16 {
                 return invalid(format!(
@@ -470,6 +488,37 @@ mod tests {
             "bind = \"0.0.0.0:3001\"\n[[api_keys]]\nkey = \"0123456789abcdef\"\nuser = \"alice\"",
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn allowed_hosts_and_origins_are_checked_and_named() {
+        for (toml, key) in [
+            ("allowed_hosts = [\"*.example\"]", "allowed_hosts[0]"),
+            (
+                "allowed_hosts = [\"a.example\", \"a.example:80\"]",
+                "allowed_hosts[1]",
+            ),
+            ("allowed_hosts = [\"127.1\"]", "allowed_hosts[0]"),
+            (
+                "[websocket]\nallowed_origins = [\"null\"]",
+                "allowed_origins[0]",
+            ),
+            (
+                "[websocket]\nallowed_origins = [\"*\"]",
+                "allowed_origins[0]",
+            ),
+            (
+                "[websocket]\nallowed_origins = [\"https://a.example/app\"]",
+                "allowed_origins[0]",
+            ),
+        ] {
+            let err = load_str(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let ok = load_str(
+            "allowed_hosts = [\"agentnexus.lan\", \"[::1]\", \"10.0.0.2\"]\n[websocket]\nallowed_origins = [\"https://console.example/\"]",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -6,10 +6,12 @@ mod agents;
 mod error;
 mod executions;
 mod health;
+mod host;
 mod metrics;
 pub mod ws;
 
 pub use error::ApiError;
+pub use host::{Mode, SitePolicy};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub closing: CancellationToken,
     pub websocket: Arc<WebSocketConfig>,
     pub connections: Arc<ws::Connections>,
+    /// The names and origins the main listener accepts.
+    pub sites: Arc<SitePolicy>,
 }
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
@@ -140,6 +144,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Inside the tracking, so that refused requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.sites.clone(),
+            host::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track_request,
@@ -147,8 +156,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` and `/metrics/json`, also served alone on the optional metrics listener.
-pub fn metrics_router() -> Router<AppState> {
+/// `/metrics` and `/metrics/json` alone, for the optional metrics listener, whose own port
+/// `sites` knows.
+pub fn metrics_app(state: AppState, sites: Arc<SitePolicy>) -> Router {
+    metrics_router()
+        .layer(axum::middleware::from_fn_with_state(sites, host::admit))
+        .with_state(state)
+}
+
+fn metrics_router() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics::text))
         .route("/metrics/json", get(metrics::json))

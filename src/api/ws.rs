@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::header::{HOST, ORIGIN};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -33,7 +32,6 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::WebSocketConfig;
 use crate::domain::{Event, now_ms};
 use crate::events::Follow;
 use crate::runtime::{self, Caller};
@@ -75,7 +73,7 @@ pub async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let config = &state.websocket;
-    if !origin_allowed(&headers, config) {
+    if !state.sites.origin_allowed(&headers) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_origin",
@@ -104,22 +102,6 @@ pub async fn upgrade(
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_upgrade(move |socket| Connection::new(socket, state, caller, slot).run())
-}
-
-/// Non-browser clients send no Origin. Browsers may connect from the server's own origin or
-/// from one on the allow-list.
-fn origin_allowed(headers: &HeaderMap, config: &WebSocketConfig) -> bool {
-    let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if config.allowed_origins.iter().any(|o| o == origin) {
-        return true;
-    }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    host.is_some() && origin_host == host
 }
 
 /// Messages formatted in one poll of a connection before it yields to other tasks, so that a
