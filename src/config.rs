@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{self, Agent, Runtime, Wei};
 
+mod keys;
+
+pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
@@ -22,9 +26,34 @@ pub enum ConfigError {
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         // figment reports the key and the source (file or environment variable) of each error.
-        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = e.into_iter().map(without_secrets).collect();
         ConfigError::Invalid(all.join("; "))
     }
+}
+
+/// An error's message without what could be a secret: the parser's quote of the offending
+/// line (it may hold an API key or an agent's credentials), and the value of an `api_keys`
+/// entry.
+fn without_secrets(mut e: figment::Error) -> String {
+    use figment::error::Kind;
+    if e.path.iter().any(|p| p == "api_keys") {
+        e.kind = match e.kind {
+            Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
+                Kind::Message(format!("invalid value, expected {expected}"))
+            }
+            kind => kind,
+        };
+    }
+    e.to_string()
+        .lines()
+        .filter(|l| {
+            !l.trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +90,10 @@ pub struct Config {
     /// what stops DNS rebinding. Host names or IP addresses, without a port.
     pub allowed_hosts: Vec<String>,
     pub agents: Vec<ConfigAgent>,
+    /// API keys. After loading, also those of `api_keys_file` and `AGENTNEXUS_API_KEYS`.
     pub api_keys: Vec<ApiKey>,
+    /// A TOML file of more `[[api_keys]]` (a mounted Secret), relative to the config file.
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -84,6 +116,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             agents: Vec::new(),
             api_keys: Vec::new(),
+            api_keys_file: None,
         }
     }
 }
@@ -198,16 +231,6 @@ impl Default for WebSocketConfig {
     }
 }
 
-/// An API key and the user it stands for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    pub key: String,
-    pub user: String,
-    #[serde(default)]
-    pub admin: bool,
-}
-
 /// An agent as written in the config file (snake_case keys, like the rest of the file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +274,7 @@ impl Config {
                 "default_timeout_secs",
                 "sync_commits",
                 "max_body_bytes",
+                "api_keys_file",
             ]))
             .merge(Serialized::defaults(overrides));
         let mut config: Config = figment.extract()?;
@@ -272,13 +296,33 @@ impl Config {
         config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| {
             ConfigError::Invalid(format!("data_dir {}: {e}", config.data_dir.display()))
         })?;
+        config.gather_api_keys(file)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the file's keys and adds those of the key file and the environment.
+    fn gather_api_keys(&mut self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let mut ring = keys::KeyRing::default();
+        let here = file.map_or("the configuration".into(), |f| f.display().to_string());
+        ring.add(&here, std::mem::take(&mut self.api_keys))?;
+        if let Some(path) = &self.api_keys_file {
+            ring.add(
+                &format!("api_keys_file {}", path.display()),
+                keys::from_file(path)?,
+            )?;
+        }
+        ring.add(KEYS_ENV, keys::from_env()?)?;
+        self.api_keys = ring.into_keys();
+        Ok(())
     }
 
     /// Agent commands and working directories written as `./x` or `../x` in the file are
     /// relative to the file, so a config works from wherever the server is started.
     fn resolve_relative_paths(&mut self, base: &Path) {
+        if let Some(keys) = self.api_keys_file.as_mut().filter(|p| p.is_relative()) {
+            *keys = base.join(&*keys);
+        }
         let rel = |p: &str| p.starts_with("./") || p.starts_with("../");
         for agent in &mut self.agents {
             // Images are names, not paths: only process agents have paths to resolve.
@@ -348,16 +392,6 @@ impl Config {
             origin.parse::<crate::site::Origin>().map_err(|e| {
                 ConfigError::Invalid(format!("websocket.allowed_origins[{i}]: {e}"))
             })?;
-        }
-        for (i, key) in self.api_keys.iter().enumerate() {
-            if key.key.len() < 16 {
-                return invalid(format!(
-                    "api_keys[{i}]: a key must be at least 16 characters"
-                ));
-            }
-            if key.user.is_empty() {
-                return invalid(format!("api_keys[{i}]: user must not be empty"));
-            }
         }
         if self.api_keys.is_empty() && !self.bind.ip().is_loopback() {
             return invalid(format!(

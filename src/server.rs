@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth, Mode, SitePolicy};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Runtime};
 use crate::site::SiteError;
 
@@ -26,6 +26,8 @@ pub enum StartError {
     },
     #[error("invalid allowed_hosts or websocket.allowed_origins: {0}")]
     Sites(#[from] SiteError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A server that is up and serving.
@@ -52,7 +54,7 @@ impl Server {
             addr: config.bind,
             source,
         })?;
-        let auth = Arc::new(Auth::from_config(&config));
+        let auth = Arc::new(Auth::from_config(&config)?);
         let mode = if auth.is_open() {
             tracing::warn!(
                 "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only; requests must name it as localhost, a loopback address or one of allowed_hosts)"

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentnexus::config::ApiKey;
-use common::{TestServer, sh_agent};
+use common::{LoggedServer, TestServer, sh_agent};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -335,9 +335,11 @@ async fn websocket_upgrades_check_origins_against_the_configuration_never_the_ho
         upgrade(&server.url, &[("host", &local), ("origin", &own)]).await,
         Ok(())
     );
+}
 
-    // With keys, Host is the client's to choose — and still not what an Origin is checked
-    // against.
+#[tokio::test]
+async fn with_keys_a_websocket_origin_is_still_checked_against_the_configuration() {
+    // Host is the client's to choose: an Origin that merely agrees with it proves nothing.
     let server = keyed_server().await;
     let port = addr(&server).port();
     let token = ("authorization", "Bearer admin-key-0123456789");
@@ -426,5 +428,219 @@ async fn allowed_hosts_are_local_names_too_and_the_metrics_listener_checks_them(
     ] {
         let head = format!("GET /metrics HTTP/1.1\r\nhost: {host}");
         assert_eq!(raw(metrics, &head, "").await.0, status, "{host}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys from outside the config file
+
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+fn keys_toml(entries: &[(&str, &str, bool)]) -> String {
+    entries
+        .iter()
+        .map(|(key, user, admin)| {
+            format!("[[api_keys]]\nkey = \"{key}\"\nuser = \"{user}\"\nadmin = {admin}\n")
+        })
+        .collect()
+}
+
+/// Who the server takes `key` for: the user of an execution it submits (`None`: refused).
+async fn user_of(url: &str, key: &str) -> Option<String> {
+    let client = common::Client::new(url).with_token(key);
+    let (status, body) = client
+        .post("/api/executions", json!({"agentId": "echo", "input": {}}))
+        .await;
+    if status == StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["executionId"].as_str().unwrap();
+    let execution = client.execution(id).await;
+    Some(execution["userId"].as_str().unwrap().to_owned())
+}
+
+const ECHO: &str = "[[agents]]\nid = \"echo\"\nname = \"Echo\"\nprice_wei = \"0\"\nruntime = { type = \"process\", command = \"true\" }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_config_a_key_file_and_the_environment_in_clear_or_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [
+        "file-key-in-clear-0123456789",
+        "file-key-hashed-0123456789",
+        "env-key-in-clear-0123456789",
+        "env-key-hashed-0123456789",
+        "config-key-in-clear-0123456789",
+    ];
+    std::fs::write(
+        dir.path().join("secret-keys.toml"),
+        keys_toml(&[
+            (keys[0], "alice", false),
+            (&format!("sha256:{}", sha256_hex(keys[1])), "bob", true),
+        ]),
+    )
+    .unwrap();
+    let env_keys = keys_toml(&[
+        (keys[2], "carol", false),
+        (
+            &format!("sha256:{}", sha256_hex(keys[3]).to_uppercase()),
+            "dave",
+            false,
+        ),
+    ]);
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "api_keys_file = \"secret-keys.toml\"\n{}{ECHO}",
+            keys_toml(&[(keys[4], "erin", false)])
+        ),
+    );
+    let server = LoggedServer::spawn(&config, &[("AGENTNEXUS_API_KEYS", &env_keys)]);
+    for (key, user) in keys.iter().zip(["alice", "bob", "carol", "dave", "erin"]) {
+        assert_eq!(
+            user_of(&server.url, key).await.as_deref(),
+            Some(user),
+            "{key}"
+        );
+    }
+    // The digest is not a key; nor is anything else.
+    let digest = sha256_hex(keys[1]);
+    for wrong in [
+        digest.as_str(),
+        &format!("sha256:{digest}"),
+        "file-key-in-clear-012345678",
+        "",
+    ] {
+        assert_eq!(user_of(&server.url, wrong).await, None, "{wrong}");
+    }
+    let log = server.stop();
+    assert!(log.contains("agentnexus listening"), "{log}");
+    for key in keys {
+        assert!(!log.contains(key), "the log shows {key}");
+    }
+    assert!(!log.contains(&digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_environment_alone_protect_a_public_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), ECHO);
+    let key = "only-in-the-environment-0123456789";
+    let server = LoggedServer::spawn(
+        &config,
+        &[
+            ("AGENTNEXUS_BIND", "0.0.0.0:0"),
+            ("AGENTNEXUS_API_KEYS", &keys_toml(&[(key, "ops", true)])),
+        ],
+    );
+    assert_eq!(user_of(&server.url, key).await.as_deref(), Some("ops"));
+    assert_eq!(user_of(&server.url, "another-key-0123456789").await, None);
+    drop(server);
+    // A key file named by the environment works the same way.
+    let file = dir.path().join("k.toml");
+    let other = "named-by-the-environment-0123456789";
+    std::fs::write(&file, keys_toml(&[(other, "eve", false)])).unwrap();
+    let server = LoggedServer::spawn(
+        &config,
+        &[("AGENTNEXUS_API_KEYS_FILE", file.to_str().unwrap())],
+    );
+    assert_eq!(user_of(&server.url, other).await.as_deref(), Some("eve"));
+}
+
+/// Runs `serve` expecting it to refuse its configuration: exit code 2 and the message.
+fn refused_config(config: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agentnexus"));
+    command.args(["serve", "--config"]).arg(config);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_key_sources_are_config_errors_that_name_the_source_and_never_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-secret-that-must-not-show-0123";
+    let file = dir.path().join("keys.toml");
+    let config = common::write_config(dir.path(), "api_keys_file = \"keys.toml\"\n");
+    // The key file's content (none: missing), AGENTNEXUS_API_KEYS, what the message names.
+    let entry = |rest: &str| format!("[[api_keys]]\nkey = \"{secret}\"\n{rest}");
+    let fine = keys_toml(&[("fine-key-0123456789", "u", false)]);
+    let cases = [
+        (None, None, "api_keys_file"),
+        (
+            Some(format!("[[api_keys]]\nkey = \"{secret}\nuser = \"u\"")),
+            None,
+            "keys.toml",
+        ),
+        (
+            Some(entry(&format!("user = \"u\"\nadmin = \"{secret}\""))),
+            None,
+            "keys.toml",
+        ),
+        (
+            Some(entry("user = \"u\"\nrole = \"x\"")),
+            None,
+            "unknown field `role`",
+        ),
+        (
+            Some(keys_toml(&[("short", "u", false)])),
+            None,
+            "keys.toml: api_keys[0]: a key must be at least 16 characters",
+        ),
+        (
+            Some(keys_toml(&[("sha256:1234", "u", false)])),
+            None,
+            "keys.toml: api_keys[0]",
+        ),
+        (
+            Some(entry("user = \"\"")),
+            None,
+            "api_keys[0]: user must not be empty",
+        ),
+        (
+            Some(fine.clone()),
+            Some(entry("usr = \"u\"")),
+            "AGENTNEXUS_API_KEYS",
+        ),
+        (
+            Some(fine.clone()),
+            Some(secret.to_owned()),
+            "AGENTNEXUS_API_KEYS",
+        ),
+        (
+            Some(keys_toml(&[(secret, "u", false)])),
+            Some(keys_toml(&[(secret, "v", true)])),
+            "AGENTNEXUS_API_KEYS: api_keys[0]: this key is configured twice",
+        ),
+    ];
+    for (content, env, named) in cases {
+        let _ = std::fs::remove_file(&file);
+        if let Some(content) = &content {
+            std::fs::write(&file, content).unwrap();
+        }
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|v| ("AGENTNEXUS_API_KEYS", v.as_str()))
+            .collect();
+        let message = refused_config(&config, &env);
+        assert!(message.contains(named), "{content:?}: {message}");
+        assert!(!message.contains(secret), "{content:?}: {message}");
+    }
+    // The config file's own entries: the key is not quoted back either.
+    for bad in [
+        entry(&format!("user = \"u\"\nadmin = \"{secret}\"\n")),
+        format!("[[api_keys]]\nkey = \"{secret}\nuser = \"u\"\n"),
+    ] {
+        let config = common::write_config(dir.path(), &bad);
+        let message = refused_config(&config, &[]);
+        assert!(message.contains("agentnexus.toml"), "{message}");
+        assert!(!message.contains(secret), "{message}");
     }
 }

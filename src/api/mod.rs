@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HealthConfig, WebSocketConfig};
+use crate::config::{Config, ConfigError, HealthConfig, KeyDigest, WebSocketConfig};
 use crate::runtime::{Caller, Runtime};
 
 #[derive(Clone)]
@@ -49,24 +49,32 @@ pub struct AppState {
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
 /// enforced by the configuration) and every request acts as the local admin.
+///
+/// Only the keys' SHA-256 digests are held, and a presented token is found by its digest: the
+/// lookup compares digests, so how long it takes tells nothing about how much of a real key
+/// the token matched.
 pub struct Auth {
-    keys: HashMap<String, Caller>,
+    keys: HashMap<KeyDigest, Caller>,
 }
 
 impl Auth {
-    pub fn from_config(config: &Config) -> Auth {
+    pub fn from_config(config: &Config) -> Result<Auth, ConfigError> {
         let keys = config
             .api_keys
             .iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
+                let digest = k
+                    .digest()
+                    .map_err(|e| ConfigError::Invalid(format!("api_keys[{i}]: {e}")))?;
                 let caller = Caller {
                     user_id: k.user.clone(),
                     admin: k.admin,
                 };
-                (k.key.clone(), caller)
+                Ok((digest, caller))
             })
-            .collect();
-        Auth { keys }
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Auth { keys })
     }
 
     pub fn is_open(&self) -> bool {
@@ -78,7 +86,7 @@ impl Auth {
             return Ok(Caller::local());
         }
         token
-            .and_then(|t| self.keys.get(t).cloned())
+            .and_then(|t| self.keys.get(&KeyDigest::of(t)).cloned())
             .ok_or_else(|| {
                 ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)")
             })
