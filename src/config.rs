@@ -53,7 +53,7 @@ fn without_secrets(mut e: figment::Error) -> String {
                 .starts_with('|')
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join("\n")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -516,6 +516,9 @@ async fn keys_come_from_the_config_a_key_file_and_the_environment_in_clear_or_ha
     ] {
         assert_eq!(user_of(&server.url, wrong).await, None, "{wrong}");
     }
+    // The browser way, in the query string (a WebSocket upgrade cannot set headers).
+    let url = format!("{}/api/agents?token={}", server.url, keys[0]);
+    assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
     let log = server.stop();
     assert!(log.contains("agentnexus listening"), "{log}");
     for key in keys {

@@ -157,7 +157,7 @@ fn parse(text: &str, source: &str) -> Result<Vec<ApiKey>, ConfigError> {
 }
 
 /// `invalid type: string "abc", expected a boolean` → `invalid type: string "…", expected …`.
-pub(super) fn redact_quoted(message: &str) -> String {
+fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut parts = message.split('"');
     if let Some(first) = parts.next() {
