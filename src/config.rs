@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{self, Agent, Runtime, Wei};
 
+mod keys;
+
+pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
@@ -22,9 +26,34 @@ pub enum ConfigError {
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         // figment reports the key and the source (file or environment variable) of each error.
-        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = e.into_iter().map(without_secrets).collect();
         ConfigError::Invalid(all.join("; "))
     }
+}
+
+/// An error's message without what could be a secret: the parser's quote of the offending
+/// line (it may hold an API key or an agent's credentials), and the value of an `api_keys`
+/// entry.
+fn without_secrets(mut e: figment::Error) -> String {
+    use figment::error::Kind;
+    if e.path.iter().any(|p| p == "api_keys") {
+        e.kind = match e.kind {
+            Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
+                Kind::Message(format!("invalid value, expected {expected}"))
+            }
+            kind => kind,
+        };
+    }
+    e.to_string()
+        .lines()
+        .filter(|l| {
+            !l.trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,8 +92,15 @@ pub struct Config {
     /// Also serve `/metrics` and `/metrics/json` on this separate address (e.g. kept off the
     /// public port); they stay on the main listener too.
     pub metrics_bind: Option<SocketAddr>,
+    /// Names besides the loopback ones that this server answers to without API keys (names
+    /// an `/etc/hosts` entry or a local proxy gives it). Anything else is refused, which is
+    /// what stops DNS rebinding. Host names or IP addresses, without a port.
+    pub allowed_hosts: Vec<String>,
     pub agents: Vec<ConfigAgent>,
+    /// API keys. After loading, also those of `api_keys_file` and `AGENTNEXUS_API_KEYS`.
     pub api_keys: Vec<ApiKey>,
+    /// A TOML file of more `[[api_keys]]` (a mounted Secret), relative to the config file.
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,8 +122,10 @@ impl Default for Config {
             docker: DockerConfig::default(),
             websocket: WebSocketConfig::default(),
             metrics_bind: None,
+            allowed_hosts: Vec::new(),
             agents: Vec::new(),
             api_keys: Vec::new(),
+            api_keys_file: None,
         }
     }
 }
@@ -197,8 +235,9 @@ pub struct WebSocketConfig {
     pub rate_limit_per_sec: u32,
     /// Inbound messages allowed in a burst.
     pub rate_limit_burst: u32,
-    /// Browser origins allowed to connect besides the server's own; requests without an
-    /// `Origin` header (non-browser clients) are not affected.
+    /// Browser origins (`scheme://host[:port]`) allowed to connect besides the server's own;
+    /// requests without an `Origin` header (non-browser clients) are not affected. Without API
+    /// keys, the only origins whose pages may send requests to the API at all.
     pub allowed_origins: Vec<String>,
 }
 
@@ -217,16 +256,6 @@ impl Default for WebSocketConfig {
             allowed_origins: Vec::new(),
         }
     }
-}
-
-/// An API key and the user it stands for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    pub key: String,
-    pub user: String,
-    #[serde(default)]
-    pub admin: bool,
 }
 
 /// An agent as written in the config file (snake_case keys, like the rest of the file).
@@ -274,6 +303,7 @@ impl Config {
                 "sync_commits",
                 "store_outage_limit_secs",
                 "max_body_bytes",
+                "api_keys_file",
             ]))
             .merge(Serialized::defaults(overrides));
         let mut config: Config = figment.extract()?;
@@ -295,13 +325,33 @@ impl Config {
         config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| {
             ConfigError::Invalid(format!("data_dir {}: {e}", config.data_dir.display()))
         })?;
+        config.gather_api_keys(file)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the file's keys and adds those of the key file and the environment.
+    fn gather_api_keys(&mut self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let mut ring = keys::KeyRing::default();
+        let here = file.map_or("the configuration".into(), |f| f.display().to_string());
+        ring.add(&here, std::mem::take(&mut self.api_keys))?;
+        if let Some(path) = &self.api_keys_file {
+            ring.add(
+                &format!("api_keys_file {}", path.display()),
+                keys::from_file(path)?,
+            )?;
+        }
+        ring.add(KEYS_ENV, keys::from_env()?)?;
+        self.api_keys = ring.into_keys();
+        Ok(())
     }
 
     /// Agent commands and working directories written as `./x` or `../x` in the file are
     /// relative to the file, so a config works from wherever the server is started.
     fn resolve_relative_paths(&mut self, base: &Path) {
+        if let Some(keys) = self.api_keys_file.as_mut().filter(|p| p.is_relative()) {
+            *keys = base.join(&*keys);
+        }
         let rel = |p: &str| p.starts_with("./") || p.starts_with("../");
         for agent in &mut self.agents {
             // Images are names, not paths: only process agents have paths to resolve.
@@ -364,15 +414,17 @@ impl Config {
         if self.default_timeout_secs == 0 {
             return invalid("default_timeout_secs must be at least 1".into());
         }
-        for (i, key) in self.api_keys.iter().enumerate() {
-            if key.key.len() < 16 {
-                return invalid(format!(
-                    "api_keys[{i}]: a key must be at least 16 characters"
-                ));
-            }
-            if key.user.is_empty() {
-                return invalid(format!("api_keys[{i}]: user must not be empty"));
-            }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            crate::site::Host::parse(host).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "allowed_hosts[{i}]: {e} (a name or address without a port; no wildcards)"
+                ))
+            })?;
+        }
+        for (i, origin) in ws.allowed_origins.iter().enumerate() {
+            origin.parse::<crate::site::Origin>().map_err(|e| {
+                ConfigError::Invalid(format!("websocket.allowed_origins[{i}]: {e}"))
+            })?;
         }
         if self.api_keys.is_empty() && !self.bind.ip().is_loopback() {
             return invalid(format!(
@@ -524,6 +576,37 @@ mod tests {
             "bind = \"0.0.0.0:3001\"\n[[api_keys]]\nkey = \"0123456789abcdef\"\nuser = \"alice\"",
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn allowed_hosts_and_origins_are_checked_and_named() {
+        for (toml, key) in [
+            ("allowed_hosts = [\"*.example\"]", "allowed_hosts[0]"),
+            (
+                "allowed_hosts = [\"a.example\", \"a.example:80\"]",
+                "allowed_hosts[1]",
+            ),
+            ("allowed_hosts = [\"127.1\"]", "allowed_hosts[0]"),
+            (
+                "[websocket]\nallowed_origins = [\"null\"]",
+                "allowed_origins[0]",
+            ),
+            (
+                "[websocket]\nallowed_origins = [\"*\"]",
+                "allowed_origins[0]",
+            ),
+            (
+                "[websocket]\nallowed_origins = [\"https://a.example/app\"]",
+                "allowed_origins[0]",
+            ),
+        ] {
+            let err = load_str(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let ok = load_str(
+            "allowed_hosts = [\"agentnexus.lan\", \"[::1]\", \"10.0.0.2\"]\n[websocket]\nallowed_origins = [\"https://console.example/\"]",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod hub;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod site;
 pub mod store;

@@ -3,8 +3,13 @@
 //! (submission, status changes, resource samples, log ingestion, HTTP requests); rendered in
 //! the classic text format, OpenMetrics, or prom-client's JSON shape.
 //!
-//! Cardinality is bounded by design: the only label that names an execution is on the two
-//! per-execution resource gauges, and those series are removed when the execution ends.
+//! Cardinality is bounded by design, and no label value comes from client input: the only
+//! label that names an execution is on the two per-execution resource gauges, removed when the
+//! execution ends; per-agent series exist exactly while the agent is defined (`agents`); HTTP
+//! series are labelled with a standard method or `other`, a route template and the status
+//! the server answered. `docs/monitoring.md` gives the series count as a formula.
+
+mod agents;
 
 use std::sync::atomic::AtomicU64;
 
@@ -19,31 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::domain::{Agent, Execution, Status};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SubmittedLabels {
-    agent_id: String,
-    agent_name: String,
-    user_id: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DurationLabels {
-    agent_id: String,
-    agent_name: String,
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    status: &'static str,
-    agent_id: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AgentLabels {
-    agent_id: String,
-    agent_name: String,
-}
+pub use agents::RunningGuard;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
@@ -53,23 +34,19 @@ struct ResourceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
+    method: &'static str,
     route: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// Execution durations from a tenth of a second to an hour: long agent runs stay resolvable.
-const DURATION_BUCKETS: [f64; 14] = [
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-];
 const HTTP_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -77,11 +54,7 @@ const LAG_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 
 pub struct Metrics {
     registry: Registry,
-    executions: Family<SubmittedLabels, Counter>,
-    duration: Family<DurationLabels, Histogram>,
-    statuses: Family<StatusLabels, Counter>,
-    running: Family<AgentLabels, Gauge>,
-    revenue: Family<AgentLabels, FloatGauge>,
+    agents: agents::AgentSeries,
     pub websocket_connections: Gauge,
     pub docker_healthy: Gauge,
     container_memory: Family<ResourceLabels, Gauge>,
@@ -108,13 +81,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let executions = Family::default();
-        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(DURATION_BUCKETS)
-        });
-        let statuses = Family::default();
-        let running = Family::default();
-        let revenue = Family::default();
+        let agents = agents::AgentSeries::new(&mut registry);
         let websocket_connections = Gauge::default();
         let docker_healthy = Gauge::default();
         let container_memory = Family::default();
@@ -132,34 +99,6 @@ impl Metrics {
         let log_lines_dropped = Counter::default();
         let scheduling_lag = Histogram::new(LAG_BUCKETS);
 
-        // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "agentnexus_executions",
-            "Total agent executions",
-            executions.clone(),
-        );
-        registry.register(
-            "agentnexus_execution_duration_seconds",
-            "Execution duration distribution",
-            duration.clone(),
-        );
-        registry.register(
-            "agentnexus_execution_status",
-            "Executions by final status",
-            statuses.clone(),
-        );
-        registry.register(
-            "agentnexus_agent_running_executions",
-            "Currently running executions",
-            running.clone(),
-        );
-        // A gauge, not a counter: the spec names it without `_total`, and it holds the exact
-        // lifetime total from the store (as a float), not a count since this process started.
-        registry.register(
-            "agentnexus_agent_revenue_wei",
-            "Total revenue per agent in wei (float; exact figure at /api/agents/{id}/revenue)",
-            revenue.clone(),
-        );
         registry.register(
             "agentnexus_active_websocket_connections",
             "Active WS connections",
@@ -240,11 +179,7 @@ impl Metrics {
 
         Metrics {
             registry,
-            executions,
-            duration,
-            statuses,
-            running,
-            revenue,
+            agents,
             websocket_connections,
             docker_healthy,
             container_memory,
@@ -264,13 +199,7 @@ impl Metrics {
     }
 
     pub fn submitted(&self, execution: &Execution) {
-        self.executions
-            .get_or_create(&SubmittedLabels {
-                agent_id: execution.agent_id.clone(),
-                agent_name: execution.agent_name.clone(),
-                user_id: execution.user_id.clone(),
-            })
-            .inc();
+        self.agents.submitted(execution);
     }
 
     pub fn queued(&self) {
@@ -283,9 +212,7 @@ impl Metrics {
 
     /// Counts an execution as running until the returned guard is dropped.
     pub fn running(&self, execution: &Execution) -> RunningGuard {
-        let gauge = self.running.get_or_create_owned(&agent_labels(execution));
-        gauge.inc();
-        RunningGuard(gauge)
+        self.agents.running(execution)
     }
 
     /// Records an applied status change; `run_seconds` is how long the agent ran, if it did.
@@ -293,59 +220,21 @@ impl Metrics {
         if !to.is_terminal() {
             return;
         }
-        let agent = agent_labels(execution);
         self.container_memory.remove(&resource_labels(execution));
         self.container_cpu.remove(&resource_labels(execution));
-        self.statuses
-            .get_or_create(&StatusLabels {
-                status: to.as_str(),
-                agent_id: execution.agent_id.clone(),
-            })
-            .inc();
-        if let Some(seconds) = run_seconds {
-            self.duration
-                .get_or_create(&DurationLabels {
-                    agent_id: agent.agent_id.clone(),
-                    agent_name: agent.agent_name.clone(),
-                    status: to.as_str(),
-                })
-                .observe(seconds);
-        }
-        if to == Status::Completed && execution.price_wei.0 > 0 {
-            self.revenue
-                .get_or_create(&agent)
-                .inc_by(execution.price_wei.0 as f64);
-        }
+        self.agents.ended(execution, to, run_seconds);
     }
 
-    /// Creates an agent's series at zero (for each user that can run it), and sets its revenue
-    /// gauge to its known total. A series that first appears with a non-zero value hides that
-    /// increase from `rate()` and `increase()`; one that starts at zero does not.
+    /// Creates an agent's series — at zero, except its revenue gauge, which shows
+    /// `revenue_wei`, its exact lifetime total — replacing any it had under another name.
+    /// `users` are the users that can run it.
     pub fn register_agent(&self, agent: &Agent, users: &[String], revenue_wei: u128) {
-        let labels = AgentLabels {
-            agent_id: agent.id.clone(),
-            agent_name: agent.name.clone(),
-        };
-        for user in users {
-            let _ = self.executions.get_or_create(&SubmittedLabels {
-                agent_id: agent.id.clone(),
-                agent_name: agent.name.clone(),
-                user_id: user.clone(),
-            });
-        }
-        for status in [Status::Completed, Status::Failed, Status::Cancelled] {
-            let _ = self.statuses.get_or_create(&StatusLabels {
-                status: status.as_str(),
-                agent_id: agent.id.clone(),
-            });
-            let _ = self.duration.get_or_create(&DurationLabels {
-                agent_id: agent.id.clone(),
-                agent_name: agent.name.clone(),
-                status: status.as_str(),
-            });
-        }
-        let _ = self.running.get_or_create(&labels);
-        self.revenue.get_or_create(&labels).set(revenue_wei as f64);
+        self.agents.define(agent, users, revenue_wei);
+    }
+
+    /// Removes every series of a deleted agent; later updates about it create none.
+    pub fn remove_agent(&self, agent_id: &str) {
+        self.agents.undefine(agent_id);
     }
 
     pub fn resource_sample(&self, execution: &Execution, memory_bytes: u64, cpu_percent: f64) {
@@ -362,17 +251,19 @@ impl Metrics {
         self.log_lines_dropped.inc_by(dropped);
     }
 
-    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Counts a request. Every label value must come from a fixed set: `method` a standard
+    /// method or `other`, `route` a route template or `unmatched`, never the raw request.
+    pub fn http_request(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         self.http_requests
             .get_or_create(&HttpLabels {
-                method: method.to_owned(),
+                method,
                 route: route.to_owned(),
                 status,
             })
             .inc();
         self.http_duration
             .get_or_create(&RouteLabels {
-                method: method.to_owned(),
+                method,
                 route: route.to_owned(),
             })
             .observe(seconds);
@@ -402,22 +293,6 @@ impl Metrics {
     /// `[{name, help, type, values: [{labels, value, metricName?}]}]`.
     pub fn render_json(&self) -> Value {
         text_to_json(&self.render_text())
-    }
-}
-
-/// Decrements the running gauge when the execution's driver is done with it.
-pub struct RunningGuard(Gauge);
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn agent_labels(execution: &Execution) -> AgentLabels {
-    AgentLabels {
-        agent_id: execution.agent_id.clone(),
-        agent_name: execution.agent_name.clone(),
     }
 }
 

@@ -121,6 +121,11 @@ pub struct Runtime {
     default_timeout_secs: u64,
     /// Every user that can submit executions, for metric series created ahead of use.
     users: Vec<String>,
+    /// Makes an agent's revenue gauge exact when it is defined: completions hold it shared
+    /// from their commit until their metrics are updated; defining or deleting an agent holds
+    /// it exclusively, so the revenue it reads from the store is neither missing a completion
+    /// nor counting one twice.
+    revenue_gate: tokio::sync::RwLock<()>,
 }
 
 impl Runtime {
@@ -169,6 +174,7 @@ impl Runtime {
             kill_grace: Duration::from_millis(config.kill_grace_ms),
             default_timeout_secs: config.default_timeout_secs,
             users: known_users(config),
+            revenue_gate: tokio::sync::RwLock::new(()),
         });
         runtime.spawn_lost_stream_stopper(lost_streams);
         for entry in &config.agents {
@@ -414,13 +420,16 @@ impl Runtime {
             return Err(Error::Forbidden("only an admin may define agents".into()));
         }
         config::validate_agent(&agent).map_err(Error::Invalid)?;
+        let _gate = self.revenue_gate.write().await;
+        // An id defined before keeps its completed executions, and so its revenue.
+        let revenue = self.store.revenue(&agent.id).await?;
         match self.store.put_agent(&agent, false, false).await {
             Err(StoreError::AlreadyExists(what)) => {
                 Err(Error::Conflict(format!("{what} already exists")))
             }
             Err(e) => Err(e.into()),
             Ok(()) => {
-                self.metrics.register_agent(&agent, &self.users, 0);
+                self.metrics.register_agent(&agent, &self.users, revenue.0);
                 Ok(agent)
             }
         }
@@ -453,7 +462,9 @@ impl Runtime {
                 "agent {id:?} is defined in the configuration file; remove it there"
             ))),
             Some((_, false)) => {
+                let _gate = self.revenue_gate.write().await;
                 self.store.delete_agent(id).await?;
+                self.metrics.remove_agent(id);
                 Ok(())
             }
         }
@@ -594,6 +605,10 @@ impl Runtime {
     ) -> Result<bool> {
         let to = change.to;
         let ran_for = change.ran_for;
+        let _gate = match to {
+            Status::Completed => Some(self.revenue_gate.read().await),
+            _ => None,
+        };
         let outcome = self
             .store
             .transition(change.request(execution.key, from))

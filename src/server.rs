@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ws::Connections;
-use crate::api::{self, AppState, Auth};
-use crate::config::Config;
+use crate::api::{self, AppState, Auth, Mode, SitePolicy};
+use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Runtime};
+use crate::site::SiteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,6 +25,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid allowed_hosts or websocket.allowed_origins: {0}")]
+    Sites(#[from] SiteError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A server that is up and serving.
@@ -51,12 +56,15 @@ impl Server {
             addr: config.bind,
             source,
         })?;
-        let auth = Arc::new(Auth::from_config(&config));
-        if auth.is_open() {
+        let auth = Arc::new(Auth::from_config(&config)?);
+        let mode = if auth.is_open() {
             tracing::warn!(
-                "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only)"
+                "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only; requests must name it as localhost, a loopback address or one of allowed_hosts)"
             );
-        }
+            Mode::Open
+        } else {
+            Mode::Protected
+        };
         let draining = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
         let connections = Arc::new(Connections::default());
@@ -69,6 +77,7 @@ impl Server {
             closing: stop_accepting.clone(),
             websocket: Arc::new(config.websocket.clone()),
             connections: connections.clone(),
+            sites: Arc::new(SitePolicy::new(&config, mode, addr.port())?),
         };
         if let Some(metrics_addr) = config.metrics_bind {
             let listener =
@@ -78,8 +87,10 @@ impl Server {
                         addr: metrics_addr,
                         source,
                     })?;
-            let app = api::metrics_router().with_state(state.clone());
-            tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "metrics listening");
+            let bound = listener.local_addr().unwrap_or(metrics_addr);
+            let sites = Arc::new(SitePolicy::new(&config, mode, bound.port())?);
+            let app = api::metrics_app(state.clone(), sites);
+            tracing::info!(addr = %bound, "metrics listening");
             tokio::spawn(serve(listener, app, stop_accepting.clone()));
         }
         let app = api::router(state, config.max_body_bytes);

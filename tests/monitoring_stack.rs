@@ -1,8 +1,9 @@
 //! The monitoring stack in `deploy/` checked with the real tools: `promtool` (config, rules and
 //! the rules' unit tests), `amtool`, a real Prometheus scraping the real runtime with the shipped
 //! alert rules loaded and every query of the shipped Grafana dashboard evaluated against it,
-//! `docker-compose config`, `kubernetes-validate`, and the shipped runtime configs, entrypoint
-//! and health check script run for real.
+//! `docker-compose config`, `kubernetes-validate`, and the shipped runtime configs, the image's
+//! way of starting the runtime (keys from the environment or a Secret file) and its health check
+//! script run for real.
 //!
 //! YAML is read through `python3 -c 'import yaml'` (PyYAML; `.ci/run` installs it).
 
@@ -856,7 +857,7 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kubernetes manifests, the image's entrypoint and health check, against the real runtime
+// Kubernetes manifests, the image's start and health check, against the real runtime
 
 fn k8s_docs() -> Vec<(String, Value)> {
     let kustomization = yaml("k8s/kustomization.yaml");
@@ -982,30 +983,18 @@ fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
     assert!(ok, "{out}");
 }
 
-/// The real binary started through the image's entrypoint script, with a shipped config file.
-fn spawn_entrypoint(
-    config: &Path,
-    conf_dir: &Path,
-    data: &Path,
-    env: &[(&str, &str)],
-) -> ServerProcess {
-    let bin = Path::new(env!("CARGO_BIN_EXE_agentnexus"));
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut command = Command::new("sh");
+/// The real binary started as the image starts it — `agentnexus serve`, the config file named
+/// by `AGENTNEXUS_CONFIG` — with a shipped config file and `env` (the API keys).
+fn spawn_like_the_image(config: &Path, data: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
     command
-        .arg(deploy("docker-entrypoint.sh"))
         .arg("serve")
-        .env("PATH", path)
         .env("AGENTNEXUS_CONFIG", config)
-        .env("AGENTNEXUS_CONFIG_DIR", conf_dir)
-        .env("TMPDIR", data)
         // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
         .env("AGENTNEXUS_BIND", "127.0.0.1:0")
-        .env("AGENTNEXUS_DATA_DIR", data.join("data"));
+        .env("AGENTNEXUS_DATA_DIR", data.join("data"))
+        .env_remove("AGENTNEXUS_API_KEYS")
+        .env_remove("AGENTNEXUS_API_KEYS_FILE");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -1103,7 +1092,7 @@ async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
         .parse()
         .unwrap();
     assert!(grace > runtime_grace);
-    // The env the entrypoint reads points at the mounts.
+    // The config the runtime reads and the key file it names are mounts.
     let env: BTreeMap<&str, &str> = container["env"]
         .as_array()
         .unwrap()
@@ -1121,24 +1110,53 @@ async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
         "/etc/agentnexus/config/agentnexus.toml"
     );
     assert!(mounts.contains("/etc/agentnexus/config"));
-    assert!(mounts.contains(env["AGENTNEXUS_CONFIG_DIR"]));
     assert!(mounts.contains("/tmp") && mounts.contains("/var/lib/agentnexus"));
+    let key_file = config
+        .lines()
+        .find_map(|l| l.strip_prefix("api_keys_file = \""))
+        .expect("the ConfigMap names the key file")
+        .trim_end_matches('"');
+    let (key_dir, key_name) = key_file.rsplit_once('/').unwrap();
+    let secret_mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == key_dir)
+        .expect("the key file's directory is a mount");
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == secret_mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "agentnexus-api-keys");
+    assert!(
+        read("../docs/monitoring.md").contains(&format!("--from-file={key_name}")),
+        "the guide creates the Secret with the key {key_name}"
+    );
 
-    // Now the ConfigMap's config, with keys from a Secret-like conf.d file, run through the
-    // image's entrypoint by the real binary; the probes and the scrape path answer as the
-    // manifests expect.
+    // Now the ConfigMap's config, with keys in a Secret-like file at the path it names (moved
+    // here by AGENTNEXUS_API_KEYS_FILE, which overrides it), run by the real binary as the image
+    // runs it; the probes and the scrape path answer as the manifests expect.
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("agentnexus.toml");
     std::fs::write(&config_path, config).unwrap();
-    let conf_d = dir.path().join("conf.d");
-    std::fs::create_dir(&conf_d).unwrap();
+    let secret_file = dir.path().join(key_name);
     let key = "k8s-test-admin-key-0123456789";
+    let hashed = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    };
     std::fs::write(
-        conf_d.join("api-keys.toml"),
-        format!("[[api_keys]]\nkey = \"{key}\"\nuser = \"ops\"\nadmin = true\n"),
+        &secret_file,
+        format!("[[api_keys]]\nkey = \"sha256:{hashed}\"\nuser = \"ops\"\nadmin = true\n"),
     )
     .unwrap();
-    let runtime = spawn_entrypoint(&config_path, &conf_d, dir.path(), &[]);
+    let runtime = spawn_like_the_image(
+        &config_path,
+        dir.path(),
+        &[("AGENTNEXUS_API_KEYS_FILE", secret_file.to_str().unwrap())],
+    );
     for probe in [live, ready] {
         let path = probe["httpGet"]["path"].as_str().unwrap();
         assert_eq!(
@@ -1228,16 +1246,27 @@ async fn the_compose_config_and_image_run_the_runtime_with_the_admin_key_from_en
         compose_mount_source(&compose, "agentnexus", "/etc/agentnexus/agentnexus.toml").as_deref(),
         Some("./agentnexus.toml")
     );
+    // The image runs the binary itself (no script assembling a config), reading the config
+    // the compose file mounts.
+    assert!(
+        dockerfile
+            .contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"/usr/local/bin/agentnexus\"]")
+    );
+    assert!(dockerfile.contains("AGENTNEXUS_CONFIG=/etc/agentnexus/agentnexus.toml"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("conf.d");
-    std::fs::create_dir(&empty).unwrap();
+    // The keys compose passes, with compose's substitution of AGENTNEXUS_ADMIN_KEY.
     let key = "compose-test-admin-key-0123456789";
-    let runtime = spawn_entrypoint(
+    let keys = compose["services"]["agentnexus"]["environment"]["AGENTNEXUS_API_KEYS"]
+        .as_str()
+        .expect("compose passes AGENTNEXUS_API_KEYS");
+    let default = "${AGENTNEXUS_ADMIN_KEY:-local-dev-admin-key-change-me}";
+    assert!(keys.contains(default), "{keys}");
+    let keys = keys.replace(default, key);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = spawn_like_the_image(
         &deploy("agentnexus.toml"),
-        &empty,
         dir.path(),
-        &[("AGENTNEXUS_ADMIN_KEY", key)],
+        &[("AGENTNEXUS_API_KEYS", &keys)],
     );
     let client = Client::new(&runtime.url).with_token(key);
     let (status, body) = client.get("/api/agents").await;

@@ -6,11 +6,13 @@ mod agents;
 mod error;
 mod executions;
 mod health;
+mod host;
 mod metrics;
 pub mod ws;
 
 pub use agents::AgentSpec;
 pub use error::ApiError;
+pub use host::{Mode, SitePolicy};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, MatchedPath, Query, Request};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -26,7 +29,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HealthConfig, WebSocketConfig};
+use crate::config::{Config, ConfigError, HealthConfig, KeyDigest, WebSocketConfig};
 use crate::runtime::{Caller, Runtime};
 
 #[derive(Clone)]
@@ -41,28 +44,38 @@ pub struct AppState {
     pub closing: CancellationToken,
     pub websocket: Arc<WebSocketConfig>,
     pub connections: Arc<ws::Connections>,
+    /// The names and origins the main listener accepts.
+    pub sites: Arc<SitePolicy>,
 }
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
 /// enforced by the configuration) and every request acts as the local admin.
+///
+/// Only the keys' SHA-256 digests are held, and a presented token is found by its digest: the
+/// lookup compares digests, so how long it takes tells nothing about how much of a real key
+/// the token matched.
 pub struct Auth {
-    keys: HashMap<String, Caller>,
+    keys: HashMap<KeyDigest, Caller>,
 }
 
 impl Auth {
-    pub fn from_config(config: &Config) -> Auth {
+    pub fn from_config(config: &Config) -> Result<Auth, ConfigError> {
         let keys = config
             .api_keys
             .iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
+                let digest = k
+                    .digest()
+                    .map_err(|e| ConfigError::Invalid(format!("api_keys[{i}]: {e}")))?;
                 let caller = Caller {
                     user_id: k.user.clone(),
                     admin: k.admin,
                 };
-                (k.key.clone(), caller)
+                Ok((digest, caller))
             })
-            .collect();
-        Auth { keys }
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Auth { keys })
     }
 
     pub fn is_open(&self) -> bool {
@@ -74,7 +87,7 @@ impl Auth {
             return Ok(Caller::local());
         }
         token
-            .and_then(|t| self.keys.get(t).cloned())
+            .and_then(|t| self.keys.get(&KeyDigest::of(t)).cloned())
             .ok_or_else(|| {
                 ApiError::unauthorized("a valid API key is required (Authorization: Bearer <key>)")
             })
@@ -140,6 +153,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Inside the tracking, so that refused requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.sites.clone(),
+            host::admit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             track_request,
@@ -147,21 +165,29 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` and `/metrics/json`, also served alone on the optional metrics listener.
-pub fn metrics_router() -> Router<AppState> {
+/// `/metrics` and `/metrics/json` alone, for the optional metrics listener, whose own port
+/// `sites` knows.
+pub fn metrics_app(state: AppState, sites: Arc<SitePolicy>) -> Router {
+    metrics_router()
+        .layer(axum::middleware::from_fn_with_state(sites, host::admit))
+        .with_state(state)
+}
+
+fn metrics_router() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics::text))
         .route("/metrics/json", get(metrics::json))
 }
 
-/// Counts every request by route template (never the raw path: ids would explode the series).
+/// Counts every request by route template (never the raw path: ids would explode the series)
+/// and method, which a client may make up: only the standard ones are named.
 async fn track_request(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -169,10 +195,21 @@ async fn track_request(
         .to_owned();
     let response = next.run(request).await;
     state.runtime.metrics().http_request(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The metric label of a request method: one of a fixed set, whatever the client sent.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }

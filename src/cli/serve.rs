@@ -15,7 +15,7 @@ use super::output::stderr_styled;
 #[derive(Args)]
 pub struct ServeArgs {
     /// TOML configuration file
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "AGENTNEXUS_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on, overriding the configuration (port 0 picks a free one)
     #[arg(long, value_name = "ADDR:PORT")]

@@ -416,3 +416,75 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The real binary started as the container image starts it (`agentnexus serve`, its config
+/// named by `AGENTNEXUS_CONFIG`), at debug level, with its whole log kept.
+pub struct LoggedServer {
+    child: Child,
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoggedServer {
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> LoggedServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
+        command
+            .arg("serve")
+            .env("AGENTNEXUS_CONFIG", config)
+            .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("agentnexus listening addr=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap().to_owned());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr: SocketAddr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the server did not start: {}", log.lock().unwrap()))
+            .parse()
+            .unwrap();
+        let port = addr.port();
+        LoggedServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops it gracefully and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        // SAFETY: signals a child of this test, which it then waits for.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // The child is gone, so its stderr is closed and the reader reaches the end.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::header::{HOST, ORIGIN};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
@@ -33,7 +32,6 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::WebSocketConfig;
 use crate::runtime::Caller;
 use connection::Connection;
 
@@ -102,7 +100,7 @@ pub async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let config = &state.websocket;
-    if !origin_allowed(&headers, config) {
+    if !state.sites.origin_allowed(&headers) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_origin",
@@ -131,20 +129,4 @@ pub async fn upgrade(
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_upgrade(move |socket| Connection::new(socket, state, caller, slot).run())
-}
-
-/// Non-browser clients send no Origin. Browsers may connect from the server's own origin or
-/// from one on the allow-list.
-fn origin_allowed(headers: &HeaderMap, config: &WebSocketConfig) -> bool {
-    let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if config.allowed_origins.iter().any(|o| o == origin) {
-        return true;
-    }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    host.is_some() && origin_host == host
 }
