@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     drop(file);
     if let Ok(config) = Config::load(Some(&path), Overrides::default()) {
         for entry in &config.agents {
-            assert!(config.agent(entry).is_ok(), "a loaded config holds valid agents");
+            assert!(
+                config.agent(entry).is_ok(),
+                "a loaded config holds valid agents"
+            );
         }
     }
 });

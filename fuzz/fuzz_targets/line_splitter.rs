@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let whole = split(&[rest], max);
     let pieces: Vec<&[u8]> = rest.chunks(step).collect();
     let chunked = split(&pieces, max);
-    assert_eq!(whole, chunked, "the lines depend on how the stream was read");
+    assert_eq!(
+        whole, chunked,
+        "the lines depend on how the stream was read"
+    );
 
     let (lines, truncated) = whole;
     assert_eq!(
