@@ -13,8 +13,7 @@ use std::time::Duration;
 use agentnexus::config::{ConfigAgent, ContainmentMode};
 use agentnexus::domain::Runtime;
 use agentnexus::executor::Containment;
-use agentnexus::server::Server;
-use common::{Client, ServerProcess, TestServer, log_lines, sh_agent, test_config, write_config};
+use common::{Client, ServerProcess, TestServer, log_lines, sh_agent, write_config};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -129,18 +128,7 @@ fn mode_name(mode: ContainmentMode) -> &'static str {
 }
 
 async fn start(mode: ContainmentMode, agents: Vec<ConfigAgent>) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.agents = agents;
-    config.containment = mode;
-    let server = Server::start(config).await.expect("server starts");
-    let url = format!("http://{}", server.addr());
-    TestServer {
-        server: Some(server),
-        client: Client::new(&url),
-        url,
-        dir,
-    }
+    TestServer::start_with(agents, |config| config.containment = mode).await
 }
 
 async fn wait_for_line(client: &Client, id: &str, line: &str) {

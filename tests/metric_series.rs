@@ -25,27 +25,7 @@ fn per_agent(users: usize) -> usize {
 
 /// Every sample line: (name, labels).
 fn series(text: &str) -> Vec<(String, BTreeMap<String, String>)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|line| {
-            let head = line.rsplit_once(' ').unwrap().0;
-            match head.split_once('{') {
-                None => (head.to_owned(), BTreeMap::new()),
-                Some((name, rest)) => {
-                    let labels = rest
-                        .trim_end_matches('}')
-                        .split("\",")
-                        .filter(|p| !p.is_empty())
-                        .map(|pair| {
-                            let (k, v) = pair.split_once("=\"").unwrap();
-                            (k.to_owned(), v.trim_end_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name.to_owned(), labels)
-                }
-            }
-        })
-        .collect()
+    common::prometheus::samples(text).into_keys().collect()
 }
 
 fn with_label<'a>(

@@ -8,44 +8,12 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::prometheus::{Prometheus, mix_agents, run_mix};
+use common::prometheus::{Prometheus, mix_agents, run_mix, samples};
 use common::{Client, TestServer, scrape, sh_agent};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// (name, sorted labels) → value for every sample line of the text format.
-fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (head, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match head.split_once('{') {
-            None => (head.to_owned(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let labels = rest
-                    .trim_end_matches('}')
-                    .split("\",")
-                    .filter(|p| !p.is_empty())
-                    .map(|pair| {
-                        let (k, v) = pair.split_once("=\"").unwrap();
-                        (k.to_owned(), v.trim_end_matches('"').to_owned())
-                    })
-                    .collect();
-                (name.to_owned(), labels)
-            }
-        };
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap(),
-        };
-        out.insert((name, labels), value);
-    }
-    out
-}
 
 fn promtool() -> &'static str {
     let found = Command::new("promtool").arg("--version").output().is_ok();
