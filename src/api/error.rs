@@ -1,11 +1,15 @@
 //! API errors: every failure becomes `{"error": {"code", "message"}}` with a stable code, and
 //! request extractors whose rejections take the same shape.
 
-use axum::extract::FromRequest;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::runtime::Error;
 use crate::store::StoreError;
@@ -35,9 +39,54 @@ impl ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(value_type = ErrorCode)]
+    code: &'static str,
+    /// For people: the wording may change.
+    message: String,
+}
+
+/// Every `code` an error may carry, for the document (`ApiError` carries them as strings).
+#[derive(ToSchema)]
+#[schema(description = "A stable error code: clients branch on it, never on the message")]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidRequest,
+    InvalidQuery,
+    InvalidId,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    Forbidden,
+    ForbiddenOrigin,
+    NotFound,
+    MethodNotAllowed,
+    AgentNotFound,
+    ExecutionNotFound,
+    InputRejected,
+    Conflict,
+    ShuttingDown,
+    TooManyConnections,
+    Internal,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -96,6 +145,30 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A path segment that is not valid percent-encoded UTF-8: every path parameter is an id.
+        ApiError::bad_request("invalid_id", rejection.body_text())
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        let message = format!(
+            "this endpoint takes WebSocket upgrades only: {}",
+            rejection.body_text()
+        );
+        match rejection.status() {
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                message,
+            ),
+            status => ApiError::new(status, "invalid_request", message),
+        }
+    }
+}
+
 /// `axum::Json` with our error shape.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
@@ -111,6 +184,23 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// `axum::extract::Path` with our error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum`'s `WebSocketUpgrade` with our error shape (a plain GET of `/ws` is a 400 like any other).
+pub struct Upgrade(pub WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state).await?;
+        Ok(Upgrade(upgrade))
+    }
+}
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")

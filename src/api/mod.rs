@@ -7,6 +7,7 @@ mod error;
 mod executions;
 mod health;
 mod metrics;
+pub mod openapi;
 pub mod ws;
 
 pub use error::ApiError;
@@ -128,7 +129,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/executions/{id}", get(executions::get))
         .route("/executions/{id}/cancel", post(executions::cancel))
-        .route("/executions/{id}/events", get(executions::events));
+        .route("/executions/{id}/events", get(executions::events))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api", api)
         .route("/health", get(health::live))

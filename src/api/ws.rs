@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::http::header::{HOST, ORIGIN};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, Upgrade};
 use crate::config::WebSocketConfig;
 use crate::domain::{Event, now_ms};
 use crate::events::Follow;
@@ -68,11 +68,23 @@ impl Drop for Slot {
     }
 }
 
+/// The live stream: a WebSocket upgrade (RFC 6455). The messages are described in the README.
+#[utoipa::path(
+    get, path = "/ws", tag = "websocket", operation_id = "websocket",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "`invalid_request`: not a valid WebSocket upgrade", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden_origin`: a browser `Origin` that may not connect", body = ErrorBody),
+        (status = 426, description = "`invalid_request`: the connection cannot be upgraded", body = ErrorBody),
+        (status = 503, description = "`too_many_connections`", body = ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> Response {
     let config = &state.websocket;
     if !origin_allowed(&headers, config) {
