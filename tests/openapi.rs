@@ -488,3 +488,60 @@ async fn an_agent_name_is_measured_in_characters() {
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
 }
+
+/// A query parameter's documented schema accepts exactly the values the server accepts (the
+/// status filter is read in any case; a cursor is a positive 64-bit integer).
+#[tokio::test]
+async fn documented_query_parameters_agree_with_the_server() {
+    let (_server, api) = keyed_server().await;
+    let parameters = api.doc["paths"]["/api/executions"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let schema_of = |name: &str| {
+        let parameter = parameters.iter().find(|p| p["name"] == name).unwrap();
+        let mut schema = parameter["schema"].clone();
+        schema["components"] = api.doc["components"].clone();
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let cases = [
+        (
+            "status",
+            vec![
+                "PENDING",
+                "pending",
+                "Running",
+                "cAnCeLlEd",
+                "DONE",
+                "PENDING ",
+                "",
+            ],
+        ),
+        (
+            "cursor",
+            vec![
+                "1",
+                "007",
+                "9223372036854775807",
+                "9223372036854775808",
+                "0",
+                "-4",
+                "x",
+            ],
+        ),
+    ];
+    for (name, values) in cases {
+        let schema = schema_of(name);
+        for value in values {
+            let documented = schema.is_valid(&json!(value));
+            let path = format!("/api/executions?{name}={}", value.replace(' ', "%20"));
+            let answer = api.call("GET", &path, Some(USER), None).await;
+            assert_eq!(
+                answer.status == StatusCode::OK,
+                documented,
+                "{name}={value:?}: the server answered {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+    }
+}

@@ -149,8 +149,9 @@ const MAX_PAGE: usize = 1000;
 pub struct ListQuery {
     /// Only this agent's executions.
     agent_id: Option<String>,
-    /// Only executions in this status.
-    #[param(value_type = Option<Status>)]
+    /// Only executions in this status (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`,
+    /// `CANCELLED`; any case).
+    #[param(schema_with = status_filter)]
     status: Option<String>,
     /// `nextCursor` of the previous page.
     #[param(schema_with = cursor)]
@@ -161,6 +162,20 @@ pub struct ListQuery {
     #[allow(dead_code)]
     #[param(ignore)]
     token: Option<String>,
+}
+
+/// A status name in any case, as `Status::from_str` reads it.
+fn status_filter() -> Object {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+            .collect()
+    };
+    let names: Vec<String> = Status::ALL.iter().map(|s| any_case(s.as_str())).collect();
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^(?:{})$", names.join("|"))))
+        .build()
 }
 
 /// A cursor is a positive 64-bit integer, as a string.
