@@ -9,9 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaType, Type};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::ToSchema;
+
+mod schema;
+pub mod whole;
+
+pub use schema::{
+    AGENT_ID_PATTERN, AgentId, EXECUTION_ID_PATTERN, ExecutionId, json_schema_document,
+    positive_decimal_up_to, wei_pattern,
+};
+use schema::{any_or_null, environment};
 
 /// Milliseconds since the Unix epoch: the timestamp unit of events and of the store.
 pub type EpochMs = i64;
@@ -67,69 +74,6 @@ impl<'de> Deserialize<'de> for Wei {
     }
 }
 
-/// A regular expression (unanchored) for the decimal numbers `1..=max` written without leading
-/// zeros, built digit by digit from `max` so that a schema states a bound no JSON number can
-/// hold exactly.
-pub fn positive_decimal_up_to(max: u128) -> String {
-    let max = max.to_string();
-    let mut alternatives = Vec::new();
-    if max.len() > 1 {
-        alternatives.push(format!("[1-9][0-9]{{0,{}}}", max.len() - 2));
-    }
-    for (i, digit) in max.bytes().map(|b| b - b'0').enumerate() {
-        let lowest = u8::from(i == 0);
-        if digit <= lowest {
-            continue;
-        }
-        let rest = match max.len() - i - 1 {
-            0 => String::new(),
-            n => format!("[0-9]{{{n}}}"),
-        };
-        alternatives.push(format!("{}[{lowest}-{}]{rest}", &max[..i], digit - 1));
-    }
-    alternatives.push(max);
-    alternatives.join("|")
-}
-
-/// A regular expression for exactly the strings `Wei::from_str` accepts: decimal digits
-/// (leading zeros allowed) whose value is at most `u128::MAX`.
-pub fn wei_pattern() -> String {
-    format!("^(?:0+|0*(?:{}))$", positive_decimal_up_to(u128::MAX))
-}
-
-impl PartialSchema for Wei {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(wei_pattern()))
-            .description(Some(
-                "An exact amount of wei: a non-negative integer up to 2^128 - 1, always a decimal string",
-            ))
-            .examples([serde_json::json!("1000000000000000000")])
-            .into()
-    }
-}
-
-impl ToSchema for Wei {}
-
-/// The JSON Schema pattern of `validate_agent_id`.
-pub const AGENT_ID_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
-
-/// The schema of an agent id, as `validate_agent_id` checks it.
-pub struct AgentId;
-
-impl PartialSchema for AgentId {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(AGENT_ID_PATTERN))
-            .examples([serde_json::json!("echo")])
-            .into()
-    }
-}
-
-impl ToSchema for AgentId {}
-
 /// Agent ids appear in URLs, metric labels and file names: keep them boring.
 pub fn validate_agent_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -161,20 +105,6 @@ pub struct Agent {
     #[schema(schema_with = json_schema_document)]
     pub input_schema: Option<Value>,
     pub runtime: Runtime,
-}
-
-/// A JSON Schema document: an object, or `true`/`false`.
-pub fn json_schema_document() -> Object {
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([
-            Type::Object,
-            Type::Boolean,
-            Type::Null,
-        ]))
-        .description(Some(
-            "A JSON Schema (draft 2020-12 unless it says otherwise) that inputs must satisfy",
-        ))
-        .build()
 }
 
 /// How an agent is run: a local process, or a hardened Docker container.
@@ -238,63 +168,6 @@ pub enum Runtime {
         #[schema(minimum = 1048576, maximum = 1099511627776_i64)]
         tmp_bytes: u64,
     },
-}
-
-/// Environment variables: names are not empty and hold neither `=` nor NUL.
-fn environment() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .additional_properties(Some(String::schema()))
-        .property_names(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[^=\\u0000]+$")),
-        ))
-        .build()
-}
-
-/// Whole numbers in JSON. JSON (and JSON Schema) count `5.0` as the integer 5, so it is taken
-/// like `5`; a fraction, a negative number or one beyond `u64` is refused, never rounded.
-pub mod whole {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Number;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let number = Number::deserialize(d)?;
-        from_number(&number).ok_or_else(|| {
-            D::Error::custom(format!(
-                "invalid value: {number}, expected a whole number from 0 to {}",
-                u64::MAX
-            ))
-        })
-    }
-
-    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        match Option::<Number>::deserialize(d)? {
-            None => Ok(None),
-            Some(number) => from_number(&number).map(Some).ok_or_else(|| {
-                D::Error::custom(format!(
-                    "invalid value: {number}, expected a whole number from 0 to {}",
-                    u64::MAX
-                ))
-            }),
-        }
-    }
-
-    /// Judged on the number as written where serde_json keeps the text, else on its shortest
-    /// round-trip form: `413308.0` is whole; `1.5` is not, and exponent forms are refused too.
-    fn from_number(number: &Number) -> Option<u64> {
-        if let Some(n) = number.as_u64() {
-            return Some(n);
-        }
-        let text = number.to_string();
-        let (whole, fraction) = text.split_once('.')?;
-        if !fraction.bytes().all(|b| b == b'0') || !whole.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        whole.parse().ok()
-    }
 }
 
 pub mod docker_defaults {
@@ -471,13 +344,6 @@ pub struct ProcessGroup {
     pub started_ticks: u64,
 }
 
-/// Any JSON value, `null` included (an `Option<Value>` that is always present).
-fn any_or_null() -> Object {
-    ObjectBuilder::new()
-        .schema_type(SchemaType::AnyValue)
-        .build()
-}
-
 fn ser_rfc3339<S: Serializer>(ms: &EpochMs, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339_ms(*ms))
 }
@@ -493,24 +359,6 @@ fn ser_opt_rfc3339<S: Serializer>(ms: &Option<EpochMs>, s: S) -> Result<S::Ok, S
 pub fn new_execution_id() -> String {
     format!("exec_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
-
-/// The JSON Schema pattern of `is_valid_execution_id`: `exec_` and 26 Crockford base-32 digits.
-pub const EXECUTION_ID_PATTERN: &str = "^exec_[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$";
-
-/// The schema of an execution id, as `is_valid_execution_id` checks it.
-pub struct ExecutionId;
-
-impl PartialSchema for ExecutionId {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(EXECUTION_ID_PATTERN))
-            .examples([serde_json::json!("exec_01k6z3y8m4q0c2b7n5v9t1r3x6")])
-            .into()
-    }
-}
-
-impl ToSchema for ExecutionId {}
 
 pub fn is_valid_execution_id(id: &str) -> bool {
     id.strip_prefix("exec_")
@@ -654,150 +502,6 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<Wei>("100").is_err());
-    }
-
-    /// Whether `value` matches the JSON Schema `pattern`, by a real JSON Schema validator.
-    fn matches(pattern: &str, value: &str) -> bool {
-        let schema = serde_json::json!({ "type": "string", "pattern": pattern });
-        jsonschema::validator_for(&schema)
-            .unwrap()
-            .is_valid(&serde_json::json!(value))
-    }
-
-    #[test]
-    fn the_wei_pattern_accepts_exactly_what_wei_parses() {
-        let pattern = wei_pattern();
-        let max = u128::MAX.to_string();
-        let mut candidates: Vec<String> = vec![
-            "0".into(),
-            "000".into(),
-            "7".into(),
-            "10".into(),
-            "1000000000000000000".into(),
-            max.clone(),
-            format!("000{max}"),
-            "340282366920938463463374607431768211456".into(),
-            "340282366920938463463374607431768211460".into(),
-            "340282366920938463463374607431768211355".into(),
-            "339999999999999999999999999999999999999".into(),
-            "400000000000000000000000000000000000000".into(),
-            "1".repeat(40),
-            "9".repeat(38),
-            "9".repeat(39),
-            String::new(),
-            "-1".into(),
-            "1.5".into(),
-            " 1".into(),
-            "1\n".into(),
-            "0x10".into(),
-        ];
-        // Every number one above and below each digit of the maximum.
-        for i in 0..max.len() {
-            for delta in [1u8, 9] {
-                let mut digits = max.clone().into_bytes();
-                digits[i] = b'0' + (digits[i] - b'0' + delta) % 10;
-                candidates.push(String::from_utf8(digits).unwrap());
-            }
-        }
-        for candidate in candidates {
-            assert_eq!(
-                matches(&pattern, &candidate),
-                candidate.parse::<Wei>().is_ok(),
-                "{candidate:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn positive_decimal_patterns_stop_at_their_maximum() {
-        for max in [1u128, 5, 9, 10, 19, 100, 999, 1000, i64::MAX as u128] {
-            let pattern = format!("^0*(?:{})$", positive_decimal_up_to(max));
-            for n in [
-                0,
-                1,
-                2,
-                9,
-                10,
-                11,
-                99,
-                100,
-                101,
-                max - 1,
-                max,
-                max + 1,
-                max * 10,
-            ] {
-                assert_eq!(
-                    matches(&pattern, &n.to_string()),
-                    (1..=max).contains(&n),
-                    "{n} against 1..={max}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn id_patterns_accept_exactly_valid_ids() {
-        let execution = new_execution_id();
-        for id in [
-            execution.as_str(),
-            &execution.to_uppercase().replace("EXEC_", "exec_"),
-            "exec_123",
-            "exec_0000000000000000000000000i",
-            "exec_0000000000000000000000000l",
-            "exec_0000000000000000000000000u",
-            "exec_00000000000000000000000000",
-            "exec_zzzzzzzzzzzzzzzzzzzzzzzzzz",
-            "exec_000000000000000000000000000",
-            "EXEC_00000000000000000000000000",
-            "../etc/passwd",
-        ] {
-            assert_eq!(
-                matches(EXECUTION_ID_PATTERN, id),
-                is_valid_execution_id(id),
-                "{id:?}"
-            );
-        }
-        let long = "a".repeat(65);
-        for id in [
-            "a",
-            "echo",
-            "a-b_c.d",
-            "",
-            "a b",
-            "a/b",
-            "é",
-            &long,
-            &long[1..],
-        ] {
-            assert_eq!(
-                matches(AGENT_ID_PATTERN, id),
-                validate_agent_id(id).is_ok(),
-                "{id:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn whole_numbers_may_carry_a_zero_fraction_but_nothing_else() {
-        #[derive(Deserialize)]
-        struct Count(#[serde(deserialize_with = "whole::deserialize")] u64);
-        let count = |json: &str| serde_json::from_str::<Count>(json).map(|c| c.0).ok();
-        assert_eq!(count("5"), Some(5));
-        assert_eq!(count("413308.0"), Some(413308));
-        assert_eq!(count("7.000"), Some(7));
-        assert_eq!(count("18446744073709551615"), Some(u64::MAX));
-        for refused in [
-            "5.5",
-            "-1",
-            "-1.0",
-            "18446744073709551616",
-            "1e300",
-            "\"5\"",
-            "null",
-        ] {
-            assert_eq!(count(refused), None, "{refused}");
-        }
     }
 
     #[test]
