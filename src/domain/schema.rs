@@ -89,7 +89,7 @@ impl PartialSchema for ExecutionId {
 
 impl ToSchema for ExecutionId {}
 
-/// A JSON Schema document: an object, or `true`/`false`.
+/// A JSON Schema document: an object or `true`/`false` (`null`: none).
 pub fn json_schema_document() -> Object {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([
@@ -247,6 +247,27 @@ mod tests {
                 validate_agent_id(id).is_ok(),
                 "{id:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_environment_name_pattern_refuses_empty_names_equals_signs_and_nul() {
+        let schema = serde_json::json!({ "type": "object", "propertyNames": {
+            "type": "string", "pattern": "^[^=\\u0000]+$" } });
+        assert_eq!(
+            serde_json::to_value(environment()).unwrap()["propertyNames"],
+            schema["propertyNames"]
+        );
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for (name, valid) in [
+            ("PATH", true),
+            ("a b", true),
+            ("", false),
+            ("A=B", false),
+            ("A\0", false),
+        ] {
+            let env = serde_json::json!({ name: "x" });
+            assert_eq!(validator.is_valid(&env), valid, "{name:?}");
         }
     }
 }
