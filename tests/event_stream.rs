@@ -232,3 +232,27 @@ async fn an_execution_over_its_log_budget_gets_one_marker_and_a_count() {
             .contains("log budget")
     );
 }
+
+/// Found by the fuzzer: a `since` past `i64::MAX` wrapped around in the store and returned the
+/// stream from its start. However large, a `since` beyond the last seq gives nothing.
+#[tokio::test]
+async fn a_since_beyond_every_seq_gives_nothing_however_large() {
+    let server = TestServer::start(vec![sh_agent("one", "1", "echo hello")]).await;
+    let id = server.client.submit("one", json!({})).await;
+    let done = server.client.wait_terminal(&id, WAIT).await;
+    let last = done["lastSeq"].as_u64().unwrap();
+    for since in [last, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        let path = format!("/api/executions/{id}/events?since={since}");
+        let (status, page) = server.client.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["events"], json!([]), "since={since}");
+        assert_eq!(
+            follow_all(&server, &id, since).await,
+            Vec::<Value>::new(),
+            "follow since={since}"
+        );
+    }
+    let path = format!("/api/executions/{id}/events?since=18446744073709551616");
+    let (status, page) = server.client.get(&path).await;
+    assert_eq!(status, 400, "{page}");
+}

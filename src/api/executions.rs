@@ -253,7 +253,7 @@ pub async fn list(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events with a greater `seq` (the last one seen); 0 when absent.
-    #[param(minimum = 0, maximum = 18446744073709551615_u64)]
+    #[param(schema_with = since)]
     since: Option<u64>,
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
@@ -261,6 +261,15 @@ pub struct EventsQuery {
     #[allow(dead_code)]
     #[param(ignore)]
     token: Option<String>,
+}
+
+/// Any 64-bit unsigned integer: no `int64` format, which would cap it at `i64::MAX`.
+fn since() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX))
+        .build()
 }
 
 const MAX_EVENTS: usize = 10_000;

@@ -283,7 +283,9 @@ impl Store for SqliteStore {
                     "SELECT seq, kind, data, timestamp FROM events
                      WHERE execution_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(params![key, since as i64, limit as i64], |row| {
+                // A client's `since` may lie beyond any seq SQLite can hold: after it, nothing.
+                let since = i64::try_from(since).unwrap_or(i64::MAX);
+                let rows = stmt.query_map(params![key, since, limit as i64], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, String>(1)?,
