@@ -32,7 +32,9 @@ fi
 seed=${SCHEMATHESIS_SEED:-1}
 max_time=${SCHEMATHESIS_MAX_TIME:-150}
 
-work=$(mktemp -d)
+# Under target/, like the virtualenv: nothing outside the project is touched.
+mkdir -p target
+work=$(mktemp -d "$PWD/target/schemathesis.XXXXXX")
 server=
 cleanup() {
   if [ -n "$server" ]; then
@@ -122,6 +124,11 @@ st -H "Authorization: Bearer $admin_key" --include-path-regex '^/api/agents' \
 if ! kill -0 "$server" 2>/dev/null; then
   echo "schemathesis: the server died during the run:" >&2
   status=1
+fi
+if [ "$status" != 0 ]; then
+  cp "$work/server.log" target/schemathesis-server.log
+  echo "schemathesis: the server's last warnings and errors (whole log: target/schemathesis-server.log):" >&2
+  grep -E "WARN|ERROR" "$work/server.log" | tail -n 40 >&2 || true
 fi
 if grep -q "panicked" "$work/server.log"; then
   echo "schemathesis: the server panicked:" >&2
