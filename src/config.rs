@@ -461,7 +461,7 @@ impl Config {
 /// The checks every agent passes, wherever it was defined.
 pub fn validate_agent(agent: &Agent) -> Result<(), String> {
     domain::validate_agent_id(&agent.id)?;
-    if agent.name.trim().is_empty() || agent.name.len() > 200 {
+    if agent.name.trim().is_empty() || agent.name.chars().count() > 200 {
         return Err("name must be 1 to 200 characters".into());
     }
     if agent.timeout_secs == 0 || agent.timeout_secs > 7 * 24 * 3600 {

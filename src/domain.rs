@@ -9,6 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+mod schema;
+pub mod whole;
+
+pub use schema::{
+    AGENT_ID_PATTERN, AgentId, EXECUTION_ID_PATTERN, ExecutionId, json_schema_document,
+    positive_decimal_up_to, wei_pattern,
+};
+use schema::{any_or_null, environment};
 
 /// Milliseconds since the Unix epoch: the timestamp unit of events and of the store.
 pub type EpochMs = i64;
@@ -80,32 +90,35 @@ pub fn validate_agent_id(id: &str) -> Result<(), String> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Agent {
+    #[schema(value_type = AgentId)]
     pub id: String,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     pub price_wei: Wei,
+    #[serde(deserialize_with = "whole::deserialize")]
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout_secs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = json_schema_document)]
     pub input_schema: Option<Value>,
     pub runtime: Runtime,
 }
 
 /// How an agent is run: a local process, or a hardened Docker container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
-)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum Runtime {
+    #[serde(rename_all = "camelCase")]
     Process {
+        #[schema(pattern = r"\S")]
         command: String,
         #[serde(default)]
         args: Vec<String>,
         #[serde(default)]
+        #[schema(schema_with = environment)]
         env: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
@@ -113,12 +126,15 @@ pub enum Runtime {
     /// The defaults are the safe ones: every relaxation is explicit in the agent's definition.
     /// Multi-word keys are camelCase in JSON; the snake_case spelling is accepted too, so a
     /// TOML config file reads like the rest of the file.
+    #[serde(rename_all = "camelCase")]
     Docker {
+        #[schema(pattern = r"\S")]
         image: String,
         /// Replaces the image's `CMD`; empty keeps it.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cmd: Vec<String>,
         #[serde(default)]
+        #[schema(schema_with = environment)]
         env: BTreeMap<String, String>,
         /// Memory limit; swap is limited to the same amount (no swap beyond it).
         #[serde(
@@ -126,6 +142,7 @@ pub enum Runtime {
             alias = "memory_bytes",
             deserialize_with = "setting::memory_bytes"
         )]
+        #[schema(minimum = 6291456, maximum = 1125899906842624_i64)]
         memory_bytes: u64,
         /// CPU cores the container may use, like `docker run --cpus`.
         #[serde(
@@ -133,15 +150,18 @@ pub enum Runtime {
             alias = "cpu_quota",
             deserialize_with = "setting::cpu_quota"
         )]
+        #[schema(minimum = 0.01, maximum = 1024.0)]
         cpu_quota: f64,
         #[serde(
             default = "docker_defaults::pids_limit",
             alias = "pids_limit",
             deserialize_with = "setting::pids_limit"
         )]
+        #[schema(minimum = 1, maximum = 4194304)]
         pids_limit: u64,
         /// Docker network mode; `none` (no network) unless the agent needs one.
         #[serde(default = "docker_defaults::network")]
+        #[schema(pattern = r"\S")]
         network: String,
         /// Size of the writable tmpfs at `/tmp` (the root filesystem is read-only).
         #[serde(
@@ -149,6 +169,7 @@ pub enum Runtime {
             alias = "tmp_bytes",
             deserialize_with = "setting::tmp_bytes"
         )]
+        #[schema(minimum = 1048576, maximum = 1099511627776_i64)]
         tmp_bytes: u64,
     },
 }
@@ -164,9 +185,9 @@ mod setting {
 
     fn whole<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u64, D::Error> {
         let n = Number::deserialize(d)?;
-        n.as_u64().ok_or_else(|| {
+        super::whole::from_number(&n).ok_or_else(|| {
             D::Error::custom(format!(
-                "{name} must be an integer from 0 to {}, got {n}",
+                "{name} must be a whole number from 0 to {}, got {n}",
                 u64::MAX
             ))
         })
@@ -232,7 +253,7 @@ impl Runtime {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     #[default]
@@ -296,8 +317,11 @@ impl FromStr for Status {
 }
 
 /// Why an execution failed, with a machine-readable `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ExecError {
+    /// `exit_code`, `signal`, `timeout`, `spawn_failed`, `invalid_output`, `runtime_restarted`,
+    /// `runtime_shutdown`, `cancelled`, and for docker agents `oom_killed`, `image_not_found`,
+    /// `docker_unavailable`.
     pub kind: String,
     pub message: String,
 }
@@ -312,23 +336,29 @@ impl ExecError {
 }
 
 /// One execution of an agent, as stored and as returned by the API.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
+    #[schema(value_type = ExecutionId)]
     pub execution_id: String,
+    #[schema(value_type = AgentId)]
     pub agent_id: String,
     pub agent_name: String,
     pub user_id: String,
     pub status: Status,
     pub input: Value,
+    #[schema(schema_with = any_or_null)]
     pub output: Option<Value>,
     pub error: Option<ExecError>,
     pub exit_code: Option<i32>,
     #[serde(serialize_with = "ser_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: EpochMs,
     #[serde(serialize_with = "ser_opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<EpochMs>,
     #[serde(serialize_with = "ser_opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<EpochMs>,
     pub duration_ms: Option<i64>,
     pub price_wei: Wei,
@@ -381,7 +411,7 @@ pub fn is_valid_execution_id(id: &str) -> bool {
 
 /// Which output stream of the agent a log line came from. `System` lines are the runtime's own
 /// remarks inside the stream (e.g. the log budget marker).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,
@@ -390,7 +420,7 @@ pub enum LogStream {
 }
 
 /// The kinds of event in an execution's stream. The set is open: new kinds are added here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Log,
@@ -418,7 +448,7 @@ impl EventKind {
 }
 
 /// The `data` of each event kind, in the spec's JSON shapes (extended additively).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum EventData {
     Log(LogData),
@@ -426,17 +456,18 @@ pub enum EventData {
     Metrics(MetricsData),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogData {
     pub log: String,
     pub stream: LogStream,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusData {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ExecError>,
@@ -444,7 +475,7 @@ pub struct StatusData {
     pub exit_code: Option<i32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsData {
     /// Resident memory of the whole process tree (or container), bytes.
@@ -467,12 +498,19 @@ impl EventData {
 
 /// One event of an execution's stream, as stored and delivered. `data` is kept as JSON text so
 /// that it is encoded once when written and copied verbatim to every reader.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(
+    description = "One event of an execution's stream; `seq` counts 1, 2, 3, ... without gaps"
+)]
 pub struct Event {
+    #[schema(minimum = 1)]
     pub seq: u64,
     #[serde(rename = "type")]
     pub kind: EventKind,
+    #[schema(value_type = EventData)]
     pub data: Box<RawValue>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub timestamp: EpochMs,
 }
 

@@ -209,3 +209,54 @@ async fn bad_ids_and_queries_in_urls_are_refused() {
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
     }
 }
+
+/// Found by the fuzzer: extractors that answer before a handler runs (a path segment that is not
+/// UTF-8, a request to `/ws` that is not a WebSocket upgrade) answered in plain text.
+#[tokio::test]
+async fn requests_refused_before_the_handler_get_the_json_error_shape() {
+    let server = server().await;
+    let client = &server.client;
+    let before = snapshot(client).await;
+    let cases = [
+        ("GET", "/api/agents/%FF", "invalid_id"),
+        ("GET", "/api/agents/%C3%28/revenue", "invalid_id"),
+        ("DELETE", "/api/agents/%FF", "invalid_id"),
+        ("GET", "/api/executions/%FF", "invalid_id"),
+        ("POST", "/api/executions/%FF/cancel", "invalid_id"),
+        ("GET", "/api/executions/%E2%82/events", "invalid_id"),
+        ("GET", "/ws", "invalid_request"),
+    ];
+    let http = reqwest::Client::new();
+    for (method, path, code) in cases {
+        let response = http
+            .request(method.parse().unwrap(), format!("{}{path}", client.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+        assert_eq!(
+            snapshot(client).await,
+            before,
+            "{method} {path} changed the state"
+        );
+    }
+    // An upgrade missing only its key is refused the same way.
+    let response = http
+        .get(format!("{}/ws", client.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}

@@ -1,11 +1,15 @@
 //! API errors: every failure becomes `{"error": {"code", "message"}}` with a stable code, and
 //! request extractors whose rejections take the same shape.
 
-use axum::extract::FromRequest;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::runtime::Error;
 use crate::store::StoreError;
@@ -13,12 +17,12 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -26,18 +30,64 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
+}
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    code: ErrorCode,
+    /// For people: the wording may change.
+    message: String,
+}
+
+/// Every `code` an error may carry: the one list the responses and the document share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(description = "A stable error code: clients branch on it, never on the message")]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidRequest,
+    InvalidQuery,
+    InvalidId,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    Forbidden,
+    ForbiddenHost,
+    ForbiddenOrigin,
+    NotFound,
+    MethodNotAllowed,
+    AgentNotFound,
+    ExecutionNotFound,
+    InputRejected,
+    SinceBeyondEnd,
+    Conflict,
+    ShuttingDown,
+    StoreUnavailable,
+    TooManyConnections,
+    Internal,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -46,25 +96,27 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         let (status, code) = match e {
-            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Error::InvalidId(..) => (StatusCode::BAD_REQUEST, "invalid_id"),
-            Error::AgentNotFound(_) => (StatusCode::NOT_FOUND, "agent_not_found"),
-            Error::ExecutionNotFound(_) => (StatusCode::NOT_FOUND, "execution_not_found"),
-            Error::InputRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "input_rejected"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            Error::SinceBeyondEnd { .. } => (StatusCode::BAD_REQUEST, "since_beyond_end"),
-            Error::Store(StoreError::Closed) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
+            Error::InvalidId(..) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidId),
+            Error::AgentNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::AgentNotFound),
+            Error::ExecutionNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::ExecutionNotFound),
+            Error::InputRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InputRejected),
+            Error::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+            Error::SinceBeyondEnd { .. } => (StatusCode::BAD_REQUEST, ErrorCode::SinceBeyondEnd),
+            Error::Store(StoreError::Closed) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown)
+            }
             Error::Store(StoreError::Unavailable(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
             Error::Store(e) => {
                 // Details stay in the log; the client learns only that it was on our side.
                 tracing::error!(error = %e, "store error while serving a request");
                 return ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error; see the server log",
                 );
             }
@@ -77,26 +129,54 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let message = rejection.body_text();
         match rejection {
-            JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("invalid_json", message),
-            JsonRejection::JsonDataError(_) => ApiError::bad_request("invalid_request", message),
+            JsonRejection::JsonSyntaxError(_) => {
+                ApiError::bad_request(ErrorCode::InvalidJson, message)
+            }
+            JsonRejection::JsonDataError(_) => {
+                ApiError::bad_request(ErrorCode::InvalidRequest, message)
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "expected a request body with Content-Type: application/json",
             ),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 "the request body is larger than the server accepts",
             ),
-            other => ApiError::bad_request("invalid_request", other.body_text()),
+            other => ApiError::bad_request(ErrorCode::InvalidRequest, other.body_text()),
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::bad_request("invalid_query", rejection.body_text())
+        ApiError::bad_request(ErrorCode::InvalidQuery, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A path segment that is not valid percent-encoded UTF-8: every path parameter is an id.
+        ApiError::bad_request(ErrorCode::InvalidId, rejection.body_text())
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        let message = format!(
+            "this endpoint takes WebSocket upgrades only: {}",
+            rejection.body_text()
+        );
+        match rejection.status() {
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                message,
+            ),
+            status => ApiError::new(status, ErrorCode::InvalidRequest, message),
+        }
     }
 }
 
@@ -116,14 +196,35 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
+/// `axum::extract::Path` with our error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum`'s `WebSocketUpgrade` with our error shape (a plain GET of `/ws` is a 400 like any other).
+pub struct Upgrade(pub WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state).await?;
+        Ok(Upgrade(upgrade))
+    }
+}
+
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not support that method",
     )
 }

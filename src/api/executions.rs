@@ -1,13 +1,15 @@
 //! `/api/executions`: submit, inspect, list, cancel, and read the event stream.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, Json, Query};
-use crate::domain::{Event, Execution, Status};
+use super::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
+use crate::domain::{AgentId, Event, Execution, ExecutionId, Status, positive_decimal_up_to};
 use crate::runtime::Caller;
 use crate::store::ExecutionFilter;
 
@@ -20,13 +22,59 @@ pub struct Submit {
     input_data: Option<Value>,
 }
 
-#[derive(Serialize)]
+/// `Submit` as documented: the input under one of its two names, or none (`{}`).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(as = Submit, description = "The agent and its input, as `input` or `inputData` (not both)")]
+#[allow(dead_code)]
+enum SubmitBody {
+    Input(SubmitInput),
+    InputData(SubmitInputData),
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct SubmitInput {
+    #[schema(value_type = AgentId)]
+    agent_id: String,
+    /// The agent's input (`{}` when absent); checked against the agent's `inputSchema`.
+    input: Option<Value>,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct SubmitInputData {
+    #[schema(value_type = AgentId)]
+    agent_id: String,
+    /// `input` under the spec system's name.
+    input_data: Value,
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Submitted {
+    #[schema(value_type = ExecutionId)]
     execution_id: String,
     status: Status,
 }
 
+/// Queue an execution of an agent; it runs when a slot is free (first come, first served).
+#[utoipa::path(
+    post, path = "/api/executions", tag = "executions", operation_id = "submitExecution",
+    request_body = SubmitBody,
+    responses(
+        (status = 202, description = "Queued (`PENDING`)", body = Submitted),
+        (status = 400, description = "`invalid_json`, `invalid_request`, `invalid_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`agent_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/json`", body = ErrorBody),
+        (status = 422, description = "`input_rejected`: the input does not satisfy the agent's `inputSchema`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`, `store_unavailable` (the store has not been able to write for longer than its outage limit)", body = ErrorBody),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -35,7 +83,7 @@ pub async fn submit(
     let input = match (body.input, body.input_data) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "give the input as either `input` or `inputData`, not both",
             ));
         }
@@ -52,6 +100,17 @@ pub async fn submit(
     ))
 }
 
+/// One execution: status, output, timings, peaks. Someone else's is not found.
+#[utoipa::path(
+    get, path = "/api/executions/{id}", tag = "executions", operation_id = "getExecution",
+    params(("id" = ExecutionId, Path, description = "The execution's id")),
+    responses(
+        (status = 200, description = "The execution", body = Execution),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`execution_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -60,6 +119,19 @@ pub async fn get(
     Ok(Json(state.runtime.execution(&caller, &id).await?))
 }
 
+/// Stop a queued or running execution; answers once it has ended.
+#[utoipa::path(
+    post, path = "/api/executions/{id}/cancel", tag = "executions", operation_id = "cancelExecution",
+    params(("id" = ExecutionId, Path, description = "The execution's id")),
+    responses(
+        (status = 200, description = "The execution, ended", body = Execution),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`execution_not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it had already ended", body = ErrorBody),
+        (status = 503, description = "`shutting_down`", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,18 +143,53 @@ pub async fn cancel(
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this agent's executions.
     agent_id: Option<String>,
+    /// Only executions in this status (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`,
+    /// `CANCELLED`; any case).
+    #[param(schema_with = status_filter)]
     status: Option<String>,
+    /// `nextCursor` of the previous page.
+    #[param(schema_with = cursor)]
     cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The API key, for clients that cannot send a header (see the security schemes).
     #[allow(dead_code)]
+    #[param(ignore)]
     token: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A status name in any case, as `Status::from_str` reads it.
+fn status_filter() -> Object {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+            .collect()
+    };
+    let names: Vec<String> = Status::ALL.iter().map(|s| any_case(s.as_str())).collect();
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^(?:{})$", names.join("|"))))
+        .build()
+}
+
+/// A cursor is a positive 64-bit integer, as a string.
+fn cursor() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!(
+            "^0*(?:{})$",
+            positive_decimal_up_to(i64::MAX as u128)
+        )))
+        .build()
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionPage {
     executions: Vec<Execution>,
@@ -90,6 +197,16 @@ pub struct ExecutionPage {
     next_cursor: Option<String>,
 }
 
+/// Executions, newest first, a page at a time (a user sees their own; an admin, all).
+#[utoipa::path(
+    get, path = "/api/executions", tag = "executions", operation_id = "listExecutions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of executions", body = ExecutionPage),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,17 +217,17 @@ pub async fn list(
         .as_deref()
         .map(str::parse::<Status>)
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e))?;
     let before_key = query
         .cursor
         .as_deref()
         .map(|c| c.parse::<i64>().ok().filter(|k| *k > 0))
-        .map(|k| k.ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor")))
+        .map(|k| k.ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidQuery, "invalid cursor")))
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
@@ -131,13 +248,28 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only events with a greater `seq` (the last one seen); 0 when absent.
+    #[param(schema_with = since)]
     since: Option<u64>,
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
+    /// The API key, for clients that cannot send a header (see the security schemes).
     #[allow(dead_code)]
+    #[param(ignore)]
     token: Option<String>,
+}
+
+/// Any 64-bit unsigned integer: no `int64` format, which would cap it at `i64::MAX`.
+fn since() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX))
+        .build()
 }
 
 const MAX_EVENTS: usize = 10_000;
@@ -147,10 +279,12 @@ const PAGE_BYTES: usize = 1 << 20;
 
 /// One page of an execution's events. A reader that passes `nextSince` as the next `since` until
 /// `hasMore` is false has every event stored so far, each once, in order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
+    #[schema(value_type = ExecutionId)]
     execution_id: String,
+    /// In `seq` order, without gaps.
     events: Vec<Event>,
     /// The `since` of the next page: the last seq in this one (or this page's `since`).
     next_since: u64,
@@ -158,6 +292,17 @@ pub struct EventPage {
     has_more: bool,
 }
 
+/// An execution's event stream from `since` on, stored events only (follow it live over `/ws`).
+#[utoipa::path(
+    get, path = "/api/executions/{id}/events", tag = "executions", operation_id = "listExecutionEvents",
+    params(("id" = ExecutionId, Path, description = "The execution's id"), EventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "`invalid_id`, `invalid_query`, `since_beyond_end` (a `since` above the last seq)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`execution_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,7 +312,7 @@ pub async fn events(
     let limit = query.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_EVENTS {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and {MAX_EVENTS}"),
         ));
     }

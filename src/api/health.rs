@@ -3,11 +3,13 @@
 //! fast rather than hang: database failure → 503 unhealthy; Docker or memory trouble → 200
 //! degraded; shutting down → 503.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::Json;
@@ -17,6 +19,48 @@ use crate::health::memory_standing;
 
 /// Above this share of its memory limit the process reports itself degraded.
 const MEMORY_DEGRADED_PERCENT: f64 = 90.0;
+
+/// The answer of every probe, as `report` and `check` build it.
+#[derive(ToSchema)]
+#[schema(description = "The answer of every probe")]
+#[allow(dead_code)]
+struct HealthReport {
+    status: HealthStatus,
+    #[schema(format = DateTime)]
+    timestamp: String,
+    /// Seconds since the server started.
+    uptime: u64,
+    /// By name: `service` (liveness); `database`, `docker`, `memory`, `websocket` and, while
+    /// shutting down, `server` (readiness).
+    checks: BTreeMap<String, HealthCheck>,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct HealthCheck {
+    status: CheckStatus,
+    message: String,
+    /// Figures of the check (`memory`, `websocket`).
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum CheckStatus {
+    Ok,
+    Error,
+}
 
 fn report(state: &AppState, status: &str, checks: Value) -> Value {
     json!({
@@ -31,11 +75,24 @@ fn check(ok: bool, message: &str) -> Value {
     json!({ "status": if ok { "ok" } else { "error" }, "message": message })
 }
 
+/// Liveness: 200 while the process runs. (`/health` is the same probe.)
+#[utoipa::path(
+    get, path = "/health/live", tag = "health", operation_id = "healthLive", security(()),
+    responses((status = 200, description = "The process is running", body = HealthReport)),
+)]
 pub async fn live(State(state): State<AppState>) -> Json<Value> {
     let checks = json!({ "service": check(true, "Service is running") });
     Json(report(&state, "healthy", checks))
 }
 
+/// Readiness: the database, Docker, memory and the WebSocket server, each within a timeout.
+#[utoipa::path(
+    get, path = "/health/ready", tag = "health", operation_id = "healthReady", security(()),
+    responses(
+        (status = 200, description = "`healthy`, or `degraded` (Docker or memory trouble)", body = HealthReport),
+        (status = 503, description = "`unhealthy`: the database failed, or shutdown has begun", body = HealthReport),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let timeout = Duration::from_millis(state.health.check_timeout_ms);
     let (database, docker) = tokio::join!(database(&state, timeout), docker(&state, timeout));

@@ -27,6 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use super::error::ErrorCode;
 use crate::config::Config;
 use crate::site::{Authority, Host, Origin, SiteError};
 
@@ -140,8 +141,12 @@ pub async fn admit(
     if policy.mode == Mode::Open {
         if let Err(why) = policy.check_host(request.headers(), request.uri()) {
             tracing::debug!(why, "refused a request for a foreign host");
-            return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "forbidden_host", why)
-                .into_response();
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                ErrorCode::ForbiddenHost,
+                why,
+            )
+            .into_response();
         }
         if !policy.origin_allowed(request.headers()) {
             return forbidden_origin().into_response();
@@ -153,7 +158,7 @@ pub async fn admit(
 pub fn forbidden_origin() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
-        "forbidden_origin",
+        ErrorCode::ForbiddenOrigin,
         "requests from this Origin are not allowed: only the server's own origins and \
          websocket.allowed_origins are",
     )

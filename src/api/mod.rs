@@ -8,6 +8,7 @@ mod executions;
 mod health;
 mod host;
 mod metrics;
+pub mod openapi;
 pub mod ws;
 
 pub use agents::AgentSpec;
@@ -142,7 +143,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/executions/{id}", get(executions::get))
         .route("/executions/{id}/cancel", post(executions::cancel))
-        .route("/executions/{id}/events", get(executions::events));
+        .route("/executions/{id}/events", get(executions::events))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api", api)
         .route("/health", get(health::live))

@@ -24,14 +24,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorCode, Upgrade};
 use crate::runtime::Caller;
 use connection::Connection;
 
@@ -93,17 +92,29 @@ impl Drop for Slot {
     }
 }
 
+/// The live stream: a WebSocket upgrade (RFC 6455). The messages are described in the README.
+#[utoipa::path(
+    get, path = "/ws", tag = "websocket", operation_id = "websocket",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "`invalid_request`: not a valid WebSocket upgrade", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden_origin`: a browser `Origin` that may not connect", body = ErrorBody),
+        (status = 426, description = "`invalid_request`: the connection cannot be upgraded", body = ErrorBody),
+        (status = 503, description = "`too_many_connections`", body = ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> Response {
     let config = &state.websocket;
     if !state.sites.origin_allowed(&headers) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden_origin",
+            ErrorCode::ForbiddenOrigin,
             "this Origin may not open a WebSocket here",
         )
         .into_response();
@@ -111,7 +122,7 @@ pub async fn upgrade(
     let Some(slot) = state.connections.claim(config.max_connections) else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
+            ErrorCode::TooManyConnections,
             "the server has reached its WebSocket connection limit",
         )
         .into_response();
