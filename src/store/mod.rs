@@ -8,6 +8,7 @@
 //! A write that fails for a passing reason (a locked database, a full disk, an I/O error) is
 //! retried, never dropped: see `StoreError::is_transient` and the SQLite writer.
 
+pub mod rules;
 mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::rules::{self, StoredExecution, parse_json};
 use super::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
     TransitionOutcome, WriteHealth,
 };
-use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
+use crate::domain::{Agent, Event, Execution, ProcessGroup, Status, Wei};
 use crate::hub::Hub;
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
@@ -304,14 +304,7 @@ impl Store for SqliteStore {
                     }
                     let (seq, kind, data, timestamp) = row?;
                     bytes += data.len();
-                    events.push(Event {
-                        seq: seq as u64,
-                        kind: EventKind::parse(&kind)
-                            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind:?}")))?,
-                        data: RawValue::from_string(data)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        timestamp,
-                    });
+                    events.push(rules::stored_event(seq, &kind, data, timestamp)?);
                 }
                 Ok(events)
             })
@@ -366,97 +359,39 @@ impl Store for SqliteStore {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
     process_group, process_started, process_cgroup";
 
-/// Maps a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
+/// Reads a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
-    let status: String = row.get(4)?;
-    let agent: String = row.get(5)?;
-    let price: String = row.get(6)?;
-    let input: String = row.get(7)?;
-    let output: Option<String> = row.get(8)?;
-    let error_kind: Option<String> = row.get(9)?;
-    let error_message: Option<String> = row.get(10)?;
-    let started_at: Option<i64> = row.get(13)?;
-    let finished_at: Option<i64> = row.get(14)?;
-    let process = match (
-        row.get::<_, Option<i32>>(20)?,
-        row.get::<_, Option<i64>>(21)?,
-    ) {
-        (Some(group), Some(started)) => Some(ProcessGroup {
-            group,
-            started_ticks: started as u64,
-            cgroup: row.get::<_, Option<String>>(22)?.map(PathBuf::from),
-        }),
-        _ => None,
+    let stored = StoredExecution {
+        key: row.get(0)?,
+        id: row.get(1)?,
+        agent_id: row.get(2)?,
+        user_id: row.get(3)?,
+        status: row.get(4)?,
+        agent: row.get(5)?,
+        price_wei: row.get(6)?,
+        input: row.get(7)?,
+        output: row.get(8)?,
+        error_kind: row.get(9)?,
+        error_message: row.get(10)?,
+        exit_code: row.get(11)?,
+        created_at: row.get(12)?,
+        started_at: row.get(13)?,
+        finished_at: row.get(14)?,
+        peak_memory_bytes: row.get(15)?,
+        peak_cpu_percent: row.get(16)?,
+        log_lines: row.get(17)?,
+        log_lines_dropped: row.get(18)?,
+        last_seq: row.get(19)?,
+        process_group: row.get(20)?,
+        process_started: row.get(21)?,
+        process_cgroup: row.get(22)?,
     };
-    let columns = (
-        row.get::<_, i64>(0)?,
-        row.get::<_, String>(1)?,
-        row.get::<_, String>(2)?,
-        row.get::<_, String>(3)?,
-        row.get::<_, Option<i32>>(11)?,
-        row.get::<_, i64>(12)?,
-        row.get::<_, Option<i64>>(15)?,
-        row.get::<_, Option<f64>>(16)?,
-        row.get::<_, i64>(17)?,
-        row.get::<_, i64>(18)?,
-        row.get::<_, i64>(19)?,
-    );
-    Ok((|| {
-        let (
-            key,
-            id,
-            agent_id,
-            user_id,
-            exit_code,
-            created_at,
-            peak_mem,
-            peak_cpu,
-            lines,
-            dropped,
-            last_seq,
-        ) = columns;
-        let agent: Agent = parse_json(&agent)?;
-        Ok(Execution {
-            execution_id: id,
-            agent_name: agent.name.clone(),
-            agent_id,
-            user_id,
-            status: status.parse().map_err(StoreError::Corrupt)?,
-            input: parse_json(&input)?,
-            output: output.as_deref().map(parse_json).transpose()?,
-            error: error_kind.map(|kind| ExecError {
-                kind,
-                message: error_message.unwrap_or_default(),
-            }),
-            exit_code,
-            created_at,
-            started_at,
-            finished_at,
-            duration_ms: duration(started_at, finished_at),
-            price_wei: price.parse().map_err(StoreError::Corrupt)?,
-            peak_memory_bytes: peak_mem.map(|m| m as u64),
-            peak_cpu_percent: peak_cpu,
-            log_lines: lines as u64,
-            log_lines_dropped: dropped as u64,
-            last_seq: last_seq as u64,
-            agent,
-            key,
-            process,
-        })
-    })())
-}
-
-fn duration(started_at: Option<i64>, finished_at: Option<i64>) -> Option<i64> {
-    Some((finished_at? - started_at?).max(0))
+    Ok(stored.into_execution())
 }
 
 /// A read, run on a reader thread with that thread's connection (or the error opening it).

@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
-use crate::domain::{
-    Agent, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status, StatusData,
-    now_ms,
+use super::super::{
+    NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome, rules,
 };
+use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, now_ms};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -322,32 +321,9 @@ fn create(
             dirty: false,
         },
     );
-    let event = status_event(Status::Pending, None, None, None, new.created_at);
+    let event = rules::status_event(Status::Pending, None, None, None, new.created_at);
     let event = append_one(conn, ledger, key, event)?.expect("a new execution takes events");
-    let execution = Execution {
-        execution_id: new.id.clone(),
-        agent_id: new.agent.id.clone(),
-        agent_name: new.agent.name.clone(),
-        user_id: new.user_id.clone(),
-        status: Status::Pending,
-        input: new.input.clone(),
-        output: None,
-        error: None,
-        exit_code: None,
-        created_at: new.created_at,
-        started_at: None,
-        finished_at: None,
-        duration_ms: None,
-        price_wei: new.agent.price_wei,
-        peak_memory_bytes: None,
-        peak_cpu_percent: None,
-        log_lines: 0,
-        log_lines_dropped: 0,
-        last_seq: 1,
-        agent: new.agent.clone(),
-        key,
-        process: None,
-    };
+    let execution = rules::new_execution(new, key);
     Ok((execution, event))
 }
 
@@ -363,9 +339,7 @@ fn append<'a>(
         tracing::warn!(key, "events for an unknown execution were discarded");
         return Ok(None);
     };
-    // The final status event is the last one: the stream of a finished execution is closed.
-    // (A status event itself is appended before the status is updated, so it passes.)
-    if state.status.is_terminal() {
+    if !rules::takes_events(state.status) {
         tracing::debug!(
             key,
             count = events.len(),
@@ -408,26 +382,6 @@ fn append_one(
     }))
 }
 
-fn status_event(
-    status: Status,
-    output: Option<serde_json::Value>,
-    error: Option<ExecError>,
-    exit_code: Option<i32>,
-    at: i64,
-) -> NewEvent {
-    let data = EventData::Status(StatusData {
-        status,
-        output,
-        error,
-        exit_code,
-    });
-    NewEvent {
-        kind: EventKind::Status,
-        data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
-        timestamp: at,
-    }
-}
-
 fn transition_to(
     conn: &Connection,
     ledger: &mut Ledger,
@@ -441,35 +395,28 @@ fn transition_to(
         )));
     };
     let current = state.status;
-    if current != t.from || !t.from.can_become(t.to) {
-        if current.is_terminal() {
-            ledger.cut_short.remove(&t.key);
-        }
-        return Ok(Applied::Transition(
-            TransitionOutcome::Refused(current),
-            None,
-            false,
-        ));
-    }
-    // A stream that was cut short ends FAILED with the cut's cause, whatever the run reported:
-    // its last events are missing, and the final status says so.
     let failure = match record {
-        Record::AsAsked => ledger
-            .cut_short
-            .get(&t.key)
-            .filter(|_| t.to.is_terminal())
-            .cloned(),
+        Record::AsAsked => rules::cut_short_end(ledger.cut_short.get(&t.key), t.to),
         Record::AsFailure(cause) | Record::RowOnly(cause) => Some(cause.clone()),
     };
-    let (to, output, outcome) = match &failure {
-        Some(cause) => (
-            Status::Failed,
-            None,
-            TransitionOutcome::RecordedAsFailed(cause.clone()),
-        ),
-        None => (t.to, t.output.clone(), TransitionOutcome::Applied),
+    let rules::Decided {
+        to,
+        output,
+        error,
+        outcome,
+    } = match rules::decide(current, t, failure) {
+        Ok(decided) => decided,
+        Err(current) => {
+            if current.is_terminal() {
+                ledger.cut_short.remove(&t.key);
+            }
+            return Ok(Applied::Transition(
+                TransitionOutcome::Refused(current),
+                None,
+                false,
+            ));
+        }
     };
-    let error = failure.or_else(|| t.error.clone());
     let stats = t.stats.unwrap_or_default();
     let terminal = to.is_terminal();
     conn.prepare_cached(
@@ -499,7 +446,7 @@ fn transition_to(
     let event = match record {
         Record::RowOnly(_) => None,
         _ => {
-            let event = status_event(to, output, error, t.exit_code, t.at);
+            let event = rules::status_event(to, output, error, t.exit_code, t.at);
             append_one(conn, ledger, t.key, event)?
         }
     };
