@@ -13,8 +13,8 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::config::LogLimits;
 use crate::domain::{
-    Event, EventData, EventKind, Execution, LogData, LogStream, MetricsData, ProcessGroup, Status,
-    now_ms,
+    Event, EventData, EventKind, Execution, ExecutionId, LogData, LogStream, MetricsData,
+    ProcessGroup, Status, now_ms,
 };
 use crate::hub::{Batch, Hub};
 use crate::metrics::Metrics;
@@ -101,7 +101,9 @@ impl Recorder {
         if events.is_empty() {
             return Ok(());
         }
-        self.store.append(self.execution.key, events).await
+        self.store
+            .append(&self.execution.execution_id, events)
+            .await
     }
 
     /// Counts lines that were cut at the line length cap (reported by the line splitter).
@@ -111,7 +113,9 @@ impl Recorder {
 
     /// Records where the agent runs, so that a restart after a crash can stop it.
     pub async fn process_started(&self, process: ProcessGroup) -> store::Result<()> {
-        self.store.record_process(self.execution.key, process).await
+        self.store
+            .record_process(&self.execution.execution_id, process)
+            .await
     }
 
     pub async fn metrics(&self, memory_usage: u64, cpu_usage: f64) -> store::Result<()> {
@@ -128,7 +132,9 @@ impl Recorder {
             duration: self.started.elapsed().as_millis() as u64,
         });
         let event = new_event(EventKind::Metrics, &data, now_ms());
-        self.store.append(self.execution.key, vec![event]).await
+        self.store
+            .append(&self.execution.execution_id, vec![event])
+            .await
     }
 
     pub fn stats(&self) -> RunStats {
@@ -186,7 +192,7 @@ pub struct Follow {
     pub start_last_seq: u64,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
-    key: i64,
+    id: ExecutionId,
     last_seq: u64,
     /// `None` only while dropping.
     live: Option<ReusableBoxFuture<'static, Received>>,
@@ -215,26 +221,26 @@ impl Follow {
         execution: &Execution,
         since: u64,
     ) -> store::Result<Follow> {
-        let live = hub.subscribe(execution.key);
+        let id = execution.execution_id.clone();
+        let live = hub.subscribe(&id);
         // Re-read after subscribing: if it is finished now, its last event is in the store.
-        let (start_status, start_last_seq) =
-            match store.get_execution(&execution.execution_id).await {
-                Ok(found) => found.map_or((execution.status, execution.last_seq), |e| {
-                    (e.status, e.last_seq)
-                }),
-                Err(e) => {
-                    drop(live);
-                    hub.release(execution.key);
-                    return Err(e);
-                }
-            };
+        let (start_status, start_last_seq) = match store.get_execution(&id).await {
+            Ok(found) => found.map_or((execution.status, execution.last_seq), |e| {
+                (e.status, e.last_seq)
+            }),
+            Err(e) => {
+                drop(live);
+                hub.release(&id);
+                return Err(e);
+            }
+        };
         let done = start_status.is_terminal() && start_last_seq <= since;
         Ok(Follow {
             start_status,
             start_last_seq,
             store,
             hub,
-            key: execution.key,
+            id,
             last_seq: since,
             live: Some(ReusableBoxFuture::new(receive(live))),
             reading: None,
@@ -271,8 +277,8 @@ impl Follow {
             }
             if self.catching_up {
                 let reading = self.reading.get_or_insert_with(|| {
-                    let (store, key, after) = (self.store.clone(), self.key, self.last_seq);
-                    Box::pin(async move { store.events(key, after, PAGE, PAGE_BYTES).await })
+                    let (store, id, after) = (self.store.clone(), self.id.clone(), self.last_seq);
+                    Box::pin(async move { store.events(&id, after, PAGE, PAGE_BYTES).await })
                 });
                 let page = ready!(reading.as_mut().poll(cx));
                 self.reading = None;
@@ -377,6 +383,6 @@ impl Drop for Follow {
     fn drop(&mut self) {
         // The receiver lives in the boxed receive; it must be gone before the release.
         drop(self.live.take());
-        self.hub.release(self.key);
+        self.hub.release(&self.id);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::domain::Event;
+use crate::domain::{Event, ExecutionId};
 
 /// Events committed together for one execution, in seq order.
 pub type Batch = Arc<[Event]>;
@@ -22,7 +22,7 @@ const CHANNEL_CAPACITY: usize = 16;
 
 #[derive(Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<i64, broadcast::Sender<Batch>>>,
+    channels: Mutex<HashMap<ExecutionId, broadcast::Sender<Batch>>>,
 }
 
 impl Hub {
@@ -30,31 +30,31 @@ impl Hub {
         Self::default()
     }
 
-    pub fn subscribe(&self, key: i64) -> broadcast::Receiver<Batch> {
+    pub fn subscribe(&self, id: &ExecutionId) -> broadcast::Receiver<Batch> {
         let mut channels = self.channels.lock().unwrap();
         channels
-            .entry(key)
+            .entry(id.clone())
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
             .subscribe()
     }
 
     /// Called by a follower after dropping its receiver: forget channels nobody listens to.
-    pub fn release(&self, key: i64) {
+    pub fn release(&self, id: &ExecutionId) {
         let mut channels = self.channels.lock().unwrap();
-        if channels.get(&key).is_some_and(|s| s.receiver_count() == 0) {
-            channels.remove(&key);
+        if channels.get(id).is_some_and(|s| s.receiver_count() == 0) {
+            channels.remove(id);
         }
     }
 
-    pub fn publish(&self, key: i64, batch: Vec<Event>, finished: bool) {
+    pub fn publish(&self, id: &ExecutionId, batch: Vec<Event>, finished: bool) {
         let mut channels = self.channels.lock().unwrap();
-        if let Some(sender) = channels.get(&key) {
+        if let Some(sender) = channels.get(id) {
             // An error only means every receiver is gone.
             let _ = sender.send(batch.into());
         }
         if finished {
             // Dropping the sender lets followers drain what is buffered, then see `Closed`.
-            channels.remove(&key);
+            channels.remove(id);
         }
     }
 

@@ -491,7 +491,7 @@ async fn an_agent_name_is_measured_in_characters() {
 }
 
 /// A query parameter's documented schema accepts exactly the values the server accepts (the
-/// status filter is read in any case; a cursor is a positive 64-bit integer).
+/// status filter is read in any case; a cursor is opaque, and not the store's row key).
 #[tokio::test]
 async fn documented_query_parameters_agree_with_the_server() {
     let (_server, api) = keyed_server().await;
@@ -520,11 +520,14 @@ async fn documented_query_parameters_agree_with_the_server() {
         (
             "cursor",
             vec![
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3x6",
+                "exec_01K6Z3Y8M4Q0C2B7N5V9T1R3X6",
+                "exec_00000000000000000000000000",
+                "EXEC_01k6z3y8m4q0c2b7n5v9t1r3x6",
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3x",
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3xu",
                 "1",
-                "007",
                 "9223372036854775807",
-                "9223372036854775808",
-                "0",
                 "-4",
                 "x",
             ],

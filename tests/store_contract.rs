@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use agentnexus::domain::{
-    Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Runtime, Status, Wei, now_ms,
+    Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Runtime, Status, Wei,
+    now_ms,
 };
 use agentnexus::hub::Hub;
 use agentnexus::store::{
@@ -97,7 +98,7 @@ fn agent(id: &str, price_wei: u128) -> Agent {
 async fn submit(b: &Backend, agent: &Agent, user: &str) -> Execution {
     b.store
         .create_execution(NewExecution {
-            id: agentnexus::domain::new_execution_id(),
+            id: ExecutionId::generate(),
             agent: agent.clone(),
             user_id: user.into(),
             input: json!({"n": 1}),
@@ -109,7 +110,7 @@ async fn submit(b: &Backend, agent: &Agent, user: &str) -> Execution {
 
 fn change(execution: &Execution, from: Status, to: Status) -> Transition {
     Transition {
-        key: execution.key,
+        id: execution.execution_id.clone(),
         from,
         to,
         at: now_ms(),
@@ -135,7 +136,7 @@ async fn get(b: &Backend, e: &Execution) -> Execution {
 async fn all_events(b: &Backend, e: &Execution) -> Vec<Event> {
     b.store.flush().await.unwrap();
     b.store
-        .events(e.key, 0, usize::MAX, usize::MAX)
+        .events(&e.execution_id, 0, usize::MAX, usize::MAX)
         .await
         .unwrap()
 }
@@ -229,7 +230,7 @@ async fn a_new_execution_is_pending_with_its_first_event(b: &Backend) {
     assert_eq!(seqs(&events), [1]);
     assert_eq!(data(&events[0]), json!({"status": "PENDING"}));
     assert_eq!(events[0].timestamp, e.created_at);
-    let unknown = agentnexus::domain::new_execution_id();
+    let unknown = ExecutionId::generate();
     assert_eq!(b.store.get_execution(&unknown).await.unwrap(), None);
 }
 
@@ -361,7 +362,7 @@ async fn appended_events_are_numbered_without_gaps(b: &Backend) {
         tokio::spawn(async move {
             for i in 0..20 {
                 let batch = (0..5).map(|j| log(&format!("{name} {i}.{j}"))).collect();
-                store.append(e.key, batch).await.unwrap();
+                store.append(&e.execution_id, batch).await.unwrap();
             }
         })
     });
@@ -400,9 +401,15 @@ async fn appended_events_are_numbered_without_gaps(b: &Backend) {
 
 async fn events_after_the_end_are_discarded(b: &Backend) {
     let e = running(b, &agent("echo", 0)).await;
-    b.store.append(e.key, logs(&["before"])).await.unwrap();
+    b.store
+        .append(&e.execution_id, logs(&["before"]))
+        .await
+        .unwrap();
     transition(b, &e, Status::Running, Status::Cancelled).await;
-    b.store.append(e.key, logs(&["after"])).await.unwrap();
+    b.store
+        .append(&e.execution_id, logs(&["after"]))
+        .await
+        .unwrap();
     let events = all_events(b, &e).await;
     assert_eq!(seqs(&events), [1, 2, 3, 4]);
     assert_eq!(events.last().unwrap().status(), Some(Status::Cancelled));
@@ -413,9 +420,9 @@ async fn events_are_read_after_since_within_limit_and_bytes(b: &Backend) {
     let e = running(b, &agent("echo", 0)).await;
     let texts: Vec<String> = (3..=12).map(|i| format!("line {i:02}")).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    b.store.append(e.key, logs(&refs)).await.unwrap();
+    b.store.append(&e.execution_id, logs(&refs)).await.unwrap();
     b.store.flush().await.unwrap();
-    let read = |since, limit, bytes| b.store.events(e.key, since, limit, bytes);
+    let read = |since, limit, bytes| b.store.events(&e.execution_id, since, limit, bytes);
 
     assert_eq!(
         seqs(&read(0, 1000, usize::MAX).await.unwrap()),
@@ -462,7 +469,7 @@ async fn executions_are_listed_newest_first_filtered_and_paged(b: &Backend) {
         made.push(submit(b, a, user).await);
     }
     transition(b, &made[2], Status::Pending, Status::Running).await;
-    let ids = |list: Vec<Execution>| -> Vec<String> {
+    let ids = |list: Vec<Execution>| -> Vec<ExecutionId> {
         list.into_iter().map(|e| e.execution_id).collect()
     };
     let id = |i: usize| made[i].execution_id.clone();
@@ -493,17 +500,17 @@ async fn executions_are_listed_newest_first_filtered_and_paged(b: &Backend) {
     assert_eq!(ids(list(by_status).await.unwrap()), [id(2)]);
 
     let mut pages = Vec::new();
-    let mut before_key = None;
+    let mut before = None;
     loop {
         let page = list(ExecutionFilter {
-            before_key,
+            before,
             limit: 2,
             ..all.clone()
         })
         .await
         .unwrap();
         let Some(last) = page.last() else { break };
-        before_key = Some(last.key);
+        before = Some(last.execution_id.clone());
         pages.push(ids(page));
     }
     assert_eq!(pages, [vec![id(4), id(3)], vec![id(2), id(1)], vec![id(0)]]);
@@ -518,7 +525,7 @@ async fn unfinished_executions_are_those_pending_or_running_oldest_first(b: &Bac
     let cancelled = submit(b, &a, "alice").await;
     transition(b, &cancelled, Status::Pending, Status::Cancelled).await;
     let later = submit(b, &a, "alice").await;
-    let unfinished: Vec<(String, Status)> = (b.store.unfinished_executions().await.unwrap())
+    let unfinished: Vec<(ExecutionId, Status)> = (b.store.unfinished_executions().await.unwrap())
         .into_iter()
         .map(|e| (e.execution_id, e.status))
         .collect();
@@ -561,7 +568,7 @@ async fn the_process_of_a_run_is_recorded(b: &Backend) {
         cgroup: Some("/sys/fs/cgroup/agentnexus/exec".into()),
     };
     b.store
-        .record_process(e.key, process.clone())
+        .record_process(&e.execution_id, process.clone())
         .await
         .unwrap();
     b.store.flush().await.unwrap();
@@ -570,10 +577,13 @@ async fn the_process_of_a_run_is_recorded(b: &Backend) {
 
 async fn committed_events_are_published_in_order_and_the_end_closes_the_feed(b: &Backend) {
     let e = submit(b, &agent("echo", 0), "alice").await;
-    let mut live = b.hub.subscribe(e.key);
+    let mut live = b.hub.subscribe(&e.execution_id);
     transition(b, &e, Status::Pending, Status::Running).await;
-    b.store.append(e.key, logs(&["a", "b"])).await.unwrap();
-    b.store.append(e.key, logs(&["c"])).await.unwrap();
+    b.store
+        .append(&e.execution_id, logs(&["a", "b"]))
+        .await
+        .unwrap();
+    b.store.append(&e.execution_id, logs(&["c"])).await.unwrap();
     transition(b, &e, Status::Running, Status::Completed).await;
 
     let mut published = Vec::new();
@@ -582,7 +592,7 @@ async fn committed_events_are_published_in_order_and_the_end_closes_the_feed(b: 
         let last = batch.last().unwrap().seq;
         let stored = b
             .store
-            .events(e.key, 0, usize::MAX, usize::MAX)
+            .events(&e.execution_id, 0, usize::MAX, usize::MAX)
             .await
             .unwrap();
         assert!(stored.last().unwrap().seq >= last);

@@ -2,7 +2,7 @@
 //! else's execution looks exactly like a missing one. The reads the API makes of executions
 //! and their events go through here.
 
-use crate::domain::{self, Event, Execution};
+use crate::domain::{Event, Execution, ExecutionId};
 use crate::events::Follow;
 use crate::store::ExecutionFilter;
 
@@ -32,11 +32,11 @@ impl Caller {
 impl Runtime {
     /// The execution, if it exists and the caller may see it; someone else's is "not found".
     pub async fn execution(&self, caller: &Caller, id: &str) -> Result<Execution> {
-        if !domain::is_valid_execution_id(id) {
+        let Some(parsed) = ExecutionId::parse(id) else {
             return Err(Error::InvalidId(id.to_owned(), "execution"));
-        }
+        };
         self.store
-            .get_execution(id)
+            .get_execution(&parsed)
             .await?
             .filter(|e| caller.sees(e))
             .ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
@@ -66,10 +66,10 @@ impl Runtime {
         let execution = self.execution(caller, id).await?;
         // The row is read before the events, and a client learns of an event only after the
         // commit that also raised `last_seq`: a `since` above it is none the client saw.
-        check_since(&execution.execution_id, since, execution.last_seq)?;
+        check_since(execution.execution_id.as_str(), since, execution.last_seq)?;
         Ok(self
             .store
-            .events(execution.key, since, limit, max_bytes)
+            .events(&execution.execution_id, since, limit, max_bytes)
             .await?)
     }
 

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, LogLimits};
 use crate::docker::DockerProbe;
+use crate::domain::ExecutionId;
 use crate::executor::{DockerExecutor, ProcessExecutor};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -73,7 +74,7 @@ pub struct Runtime {
     process: ProcessExecutor,
     docker_executor: DockerExecutor,
     permits: Arc<Semaphore>,
-    handles: Mutex<HashMap<String, Arc<Handle>>>,
+    handles: Mutex<HashMap<ExecutionId, Arc<Handle>>>,
     tasks: TaskTracker,
     log_limits: LogLimits,
     kill_grace: Duration,

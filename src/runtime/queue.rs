@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{self, ExecError, Execution, Status, now_ms};
+use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
 use crate::store::NewExecution;
 
 use super::supervise::{Handle, StopReason};
@@ -42,7 +42,7 @@ impl Runtime {
         let execution = self
             .store
             .create_execution(NewExecution {
-                id: domain::new_execution_id(),
+                id: ExecutionId::generate(),
                 agent,
                 user_id: caller.user_id.clone(),
                 input,
@@ -86,7 +86,6 @@ impl Runtime {
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
         let handle = Arc::new(Handle {
-            key: execution.key,
             stop: CancellationToken::new(),
             reason: OnceLock::new(),
             finished: CancellationToken::new(),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::docker::DockerHealth;
-use crate::domain::{self, ExecError, Execution, Runtime as AgentRuntime, Status, now_ms};
+use crate::domain::{
+    self, ExecError, Execution, ExecutionId, Runtime as AgentRuntime, Status, now_ms,
+};
 use crate::events::Recorder;
 use crate::executor::{OwnedContainer, ResumePoint};
 use crate::store::LostStream;
@@ -48,7 +50,7 @@ impl Runtime {
         for execution in unfinished {
             match execution.status {
                 Status::Running => {
-                    if let Some(container) = containers.remove(&execution.execution_id) {
+                    if let Some(container) = containers.remove(execution.execution_id.as_str()) {
                         if !container.never_started {
                             self.resume_container(execution, container).await?;
                             continue;
@@ -56,7 +58,7 @@ impl Runtime {
                         self.docker_executor.remove_container(&container.id).await;
                     }
                     if matches!(execution.agent.runtime, AgentRuntime::Process { .. }) {
-                        let id = &execution.execution_id;
+                        let id = execution.execution_id.as_str();
                         self.process
                             .stop_leftover(id, execution.process.as_ref())
                             .await;
@@ -72,7 +74,10 @@ impl Runtime {
             }
         }
         for (execution_id, container) in containers {
-            if self.store.get_execution(&execution_id).await?.is_some() {
+            let Some(id) = ExecutionId::parse(&execution_id) else {
+                continue;
+            };
+            if self.store.get_execution(&id).await?.is_some() {
                 tracing::info!(execution = %execution_id, container = %container.id, "removing a leftover container");
                 self.docker_executor.remove_container(&container.id).await;
             }
@@ -89,17 +94,15 @@ impl Runtime {
             return;
         };
         for container in containers {
-            if self
-                .handles
-                .lock()
-                .unwrap()
-                .contains_key(&container.execution_id)
-            {
+            let Some(id) = ExecutionId::parse(&container.execution_id) else {
+                continue;
+            };
+            if self.handles.lock().unwrap().contains_key(&id) {
                 continue;
             }
             let ended = self
                 .store
-                .get_execution(&container.execution_id)
+                .get_execution(&id)
                 .await
                 .is_ok_and(|e| e.is_some_and(|e| e.status.is_terminal()));
             if ended {
@@ -117,12 +120,12 @@ impl Runtime {
     ) {
         let runtime = Arc::downgrade(self);
         tokio::spawn(async move {
-            while let Some(LostStream { key, error }) = lost.recv().await {
+            while let Some(LostStream { id, error }) = lost.recv().await {
                 let Some(runtime) = runtime.upgrade() else {
                     return;
                 };
                 let handles = runtime.handles.lock().unwrap();
-                if let Some(handle) = handles.values().find(|h| h.key == key) {
+                if let Some(handle) = handles.get(&id) {
                     handle.request_stop(StopReason::StreamLost(error));
                 }
             }
@@ -202,7 +205,7 @@ impl Runtime {
         let mut since = 0;
         loop {
             let page = (self.store)
-                .events(execution.key, since, PAGE, PAGE_BYTES)
+                .events(&execution.execution_id, since, PAGE, PAGE_BYTES)
                 .await?;
             for event in &page {
                 if event.kind != domain::EventKind::Log {

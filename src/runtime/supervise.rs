@@ -27,8 +27,6 @@ pub(super) enum StopReason {
 
 /// The runtime's grip on an execution that is queued or running.
 pub(super) struct Handle {
-    /// The execution's store key.
-    pub(super) key: i64,
     pub(super) stop: CancellationToken,
     pub(super) reason: OnceLock<StopReason>,
     pub(super) finished: CancellationToken,
@@ -66,7 +64,7 @@ impl Runtime {
             self.log_limits,
         ));
         let job = Job {
-            execution_id: execution.execution_id.clone(),
+            execution_id: execution.execution_id.to_string(),
             user_id: execution.user_id.clone(),
             agent: execution.agent.clone(),
             input: execution.input.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::domain::{ExecError, Execution, Status, now_ms};
+use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
 use crate::store::{RunStats, Transition, TransitionOutcome};
 
 use super::{Result, Runtime};
@@ -32,7 +32,7 @@ impl Runtime {
         };
         let outcome = self
             .store
-            .transition(change.request(execution.key, from))
+            .transition(change.request(&execution.execution_id, from))
             .await?;
         tracing::debug!(execution = %execution.execution_id, %from, %to, ?outcome, "transition");
         let recorded = match outcome {
@@ -66,10 +66,10 @@ impl Change {
         }
     }
 
-    /// The store's request for this change of execution `key` from status `from`.
-    pub(super) fn request(self, key: i64, from: Status) -> Transition {
+    /// The store's request for this change of execution `id` from status `from`.
+    pub(super) fn request(self, id: &ExecutionId, from: Status) -> Transition {
         Transition {
-            key,
+            id: id.clone(),
             from,
             to: self.to,
             at: now_ms(),

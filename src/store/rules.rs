@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 
 use super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
 use crate::domain::{
-    Agent, EpochMs, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status,
-    StatusData,
+    Agent, EpochMs, Event, EventData, EventKind, ExecError, Execution, ExecutionId, ProcessGroup,
+    Status, StatusData,
 };
 
 /// The status event that records a change to `status`.
@@ -87,7 +87,7 @@ pub fn decide(
 }
 
 /// A new execution as its creation stores it: PENDING, with its first event (seq 1).
-pub fn new_execution(new: &NewExecution, key: i64) -> Execution {
+pub fn new_execution(new: &NewExecution) -> Execution {
     Execution {
         execution_id: new.id.clone(),
         agent_id: new.agent.id.clone(),
@@ -109,7 +109,6 @@ pub fn new_execution(new: &NewExecution, key: i64) -> Execution {
         log_lines_dropped: 0,
         last_seq: 1,
         agent: new.agent.clone(),
-        key,
         process: None,
     }
 }
@@ -118,7 +117,6 @@ pub fn new_execution(new: &NewExecution, key: i64) -> Execution {
 /// gives it meaning.
 #[derive(Debug)]
 pub struct StoredExecution {
-    pub key: i64,
     pub id: String,
     pub agent_id: String,
     pub user_id: String,
@@ -157,7 +155,7 @@ impl StoredExecution {
             _ => None,
         };
         Ok(Execution {
-            execution_id: self.id,
+            execution_id: ExecutionId::stored(self.id),
             agent_name: agent.name.clone(),
             agent_id: self.agent_id,
             user_id: self.user_id,
@@ -180,7 +178,6 @@ impl StoredExecution {
             log_lines_dropped: self.log_lines_dropped as u64,
             last_seq: self.last_seq as u64,
             agent,
-            key: self.key,
             process,
         })
     }
@@ -211,7 +208,7 @@ mod tests {
 
     fn change(from: Status, to: Status) -> Transition {
         Transition {
-            key: 1,
+            id: ExecutionId::generate(),
             from,
             to,
             at: 0,

@@ -22,7 +22,7 @@ use super::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
     TransitionOutcome, WriteHealth,
 };
-use crate::domain::{Agent, Event, Execution, ProcessGroup, Status, Wei};
+use crate::domain::{Agent, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
 use crate::hub::Hub;
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_process_group.sql"),
     include_str!("migrations/0003_process_cgroup.sql"),
+    include_str!("migrations/0004_list_by_id.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -201,9 +202,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()> {
+    async fn append(&self, id: &ExecutionId, events: Vec<NewEvent>) -> Result<()> {
+        let id = id.clone();
         self.commands
-            .send(Command::Append { key, events })
+            .send(Command::Append { id, events })
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -212,19 +214,21 @@ impl Store for SqliteStore {
         self.ask(|reply| Command::Flush { reply }).await
     }
 
-    async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()> {
+    async fn record_process(&self, id: &ExecutionId, process: ProcessGroup) -> Result<()> {
+        let id = id.clone();
         self.commands
-            .send(Command::RecordProcess { key, process })
+            .send(Command::RecordProcess { id, process })
             .await
             .map_err(|_| StoreError::Closed)
     }
 
-    async fn get_execution(&self, id: &str) -> Result<Option<Execution>> {
-        let id = id.to_owned();
+    async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
+        let id = id.clone();
         self.readers
             .read(move |conn| {
                 let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1");
-                conn.query_row(&sql, [&id], read_execution)
+                conn.prepare_cached(&sql)?
+                    .query_row([id.as_str()], read_execution)
                     .optional()?
                     .transpose()
             })
@@ -239,8 +243,8 @@ impl Store for SqliteStore {
                      WHERE (?1 IS NULL OR agent_id = ?1)
                        AND (?2 IS NULL OR status = ?2)
                        AND (?3 IS NULL OR user_id = ?3)
-                       AND (?4 IS NULL OR key < ?4)
-                     ORDER BY key DESC LIMIT ?5"
+                       AND (?4 IS NULL OR id < ?4)
+                     ORDER BY id DESC LIMIT ?5"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt.query_map(
@@ -248,7 +252,7 @@ impl Store for SqliteStore {
                         filter.agent_id,
                         filter.status.map(Status::as_str),
                         filter.user_id,
-                        filter.before_key,
+                        filter.before.as_ref().map(ExecutionId::as_str),
                         filter.limit as i64
                     ],
                     read_execution,
@@ -274,21 +278,23 @@ impl Store for SqliteStore {
 
     async fn events(
         &self,
-        key: i64,
+        id: &ExecutionId,
         since: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>> {
+        let id = id.clone();
         self.readers
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT seq, kind, data, timestamp FROM events
-                     WHERE execution_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                     WHERE execution_key = (SELECT key FROM executions WHERE id = ?1)
+                       AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
                 // A seq is at most i64::MAX, so a larger `since` has nothing after it (a cast
                 // would wrap it negative, to "everything").
                 let since = i64::try_from(since).unwrap_or(i64::MAX);
-                let rows = stmt.query_map(params![key, since, limit as i64], |row| {
+                let rows = stmt.query_map(params![id.as_str(), since, limit as i64], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, String>(1)?,
@@ -359,7 +365,7 @@ impl Store for SqliteStore {
     }
 }
 
-const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, price_wei, input, \
+const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
     process_group, process_started, process_cgroup";
@@ -367,29 +373,28 @@ const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, pric
 /// Reads a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
     let stored = StoredExecution {
-        key: row.get(0)?,
-        id: row.get(1)?,
-        agent_id: row.get(2)?,
-        user_id: row.get(3)?,
-        status: row.get(4)?,
-        agent: row.get(5)?,
-        price_wei: row.get(6)?,
-        input: row.get(7)?,
-        output: row.get(8)?,
-        error_kind: row.get(9)?,
-        error_message: row.get(10)?,
-        exit_code: row.get(11)?,
-        created_at: row.get(12)?,
-        started_at: row.get(13)?,
-        finished_at: row.get(14)?,
-        peak_memory_bytes: row.get(15)?,
-        peak_cpu_percent: row.get(16)?,
-        log_lines: row.get(17)?,
-        log_lines_dropped: row.get(18)?,
-        last_seq: row.get(19)?,
-        process_group: row.get(20)?,
-        process_started: row.get(21)?,
-        process_cgroup: row.get(22)?,
+        id: row.get(0)?,
+        agent_id: row.get(1)?,
+        user_id: row.get(2)?,
+        status: row.get(3)?,
+        agent: row.get(4)?,
+        price_wei: row.get(5)?,
+        input: row.get(6)?,
+        output: row.get(7)?,
+        error_kind: row.get(8)?,
+        error_message: row.get(9)?,
+        exit_code: row.get(10)?,
+        created_at: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+        peak_memory_bytes: row.get(14)?,
+        peak_cpu_percent: row.get(15)?,
+        log_lines: row.get(16)?,
+        log_lines_dropped: row.get(17)?,
+        last_seq: row.get(18)?,
+        process_group: row.get(19)?,
+        process_started: row.get(20)?,
+        process_cgroup: row.get(21)?,
     };
     Ok(stored.into_execution())
 }

@@ -14,7 +14,9 @@ use tokio::sync::oneshot;
 use super::super::{
     NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome, rules,
 };
-use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, now_ms};
+use crate::domain::{
+    Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, now_ms,
+};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -34,11 +36,11 @@ pub(super) enum Command {
         reply: Reply<Execution>,
     },
     Append {
-        key: i64,
+        id: ExecutionId,
         events: Vec<NewEvent>,
     },
     RecordProcess {
-        key: i64,
+        id: ExecutionId,
         process: ProcessGroup,
     },
     Transition {
@@ -97,6 +99,8 @@ pub(super) enum Applied {
 
 /// What the writer remembers of an execution it is appending to.
 struct Active {
+    /// The execution's row.
+    key: i64,
     status: Status,
     last_seq: u64,
     dirty: bool,
@@ -107,8 +111,8 @@ struct Active {
 /// decisions, kept until their final status is committed).
 #[derive(Default)]
 pub(super) struct Ledger {
-    active: HashMap<i64, Active>,
-    cut_short: HashMap<i64, ExecError>,
+    active: HashMap<ExecutionId, Active>,
+    cut_short: HashMap<ExecutionId, ExecError>,
 }
 
 impl Ledger {
@@ -118,49 +122,60 @@ impl Ledger {
     }
 
     /// Marks a stream cut short; returns false if it already was.
-    pub(super) fn cut_short(&mut self, key: i64, error: ExecError) -> bool {
-        if self.cut_short.contains_key(&key) {
+    pub(super) fn cut_short(&mut self, id: &ExecutionId, error: ExecError) -> bool {
+        if self.cut_short.contains_key(id) {
             return false;
         }
-        self.cut_short.insert(key, error);
+        self.cut_short.insert(id.clone(), error);
         true
     }
 
-    /// After the final status of `key` is committed.
-    pub(super) fn finished(&mut self, key: i64) {
-        self.active.remove(&key);
-        self.cut_short.remove(&key);
+    /// After the final status of `id` is committed.
+    pub(super) fn finished(&mut self, id: &ExecutionId) {
+        self.active.remove(id);
+        self.cut_short.remove(id);
     }
 
     /// Records each execution's last seq, in the transaction that assigned it.
     pub(super) fn write_last_seqs(&mut self, conn: &Connection) -> Result<()> {
         let mut stmt = conn.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE key = ?1")?;
-        for (key, active) in self.active.iter_mut().filter(|(_, a)| a.dirty) {
-            stmt.execute(params![key, active.last_seq as i64])?;
+        for active in self.active.values_mut().filter(|a| a.dirty) {
+            stmt.execute(params![active.key, active.last_seq as i64])?;
             active.dirty = false;
         }
         Ok(())
     }
 
-    fn load<'a>(&'a mut self, conn: &Connection, key: i64) -> Result<Option<&'a mut Active>> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.active.entry(key) {
+    fn load<'a>(
+        &'a mut self,
+        conn: &Connection,
+        id: &ExecutionId,
+    ) -> Result<Option<&'a mut Active>> {
+        if !self.active.contains_key(id) {
             let row = conn
-                .query_row(
-                    "SELECT status, last_seq FROM executions WHERE key = ?1",
-                    [key],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
-                )
+                .prepare_cached("SELECT key, status, last_seq FROM executions WHERE id = ?1")?
+                .query_row([id.as_str()], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()?;
-            let Some((status, last_seq)) = row else {
+            let Some((key, status, last_seq)) = row else {
                 return Ok(None);
             };
-            slot.insert(Active {
-                status: status.parse().map_err(StoreError::Corrupt)?,
-                last_seq: last_seq as u64,
-                dirty: false,
-            });
+            self.active.insert(
+                id.clone(),
+                Active {
+                    key,
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    last_seq: last_seq as u64,
+                    dirty: false,
+                },
+            );
         }
-        Ok(self.active.get_mut(&key))
+        Ok(self.active.get_mut(id))
     }
 }
 
@@ -180,21 +195,21 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
             let (execution, event) = create(conn, ledger, new)?;
             Applied::Create(Box::new(execution), event)
         }
-        Command::Append { key, .. } if ledger.cut_short.contains_key(key) => Applied::Append(None),
-        Command::Append { key, events } => {
+        Command::Append { id, .. } if ledger.cut_short.contains_key(id) => Applied::Append(None),
+        Command::Append { id, events } => {
             let events = events.iter().map(|e| (e.kind, e.data.get(), e.timestamp));
-            Applied::Append(append(conn, ledger, *key, events)?)
+            Applied::Append(append(conn, ledger, id, events)?)
         }
         Command::Transition {
             transition, record, ..
         } => transition_to(conn, ledger, transition, record)?,
-        Command::RecordProcess { key, process } => {
+        Command::RecordProcess { id, process } => {
             conn.prepare_cached(
                 "UPDATE executions SET process_group = ?2, process_started = ?3, \
-                 process_cgroup = ?4 WHERE key = ?1",
+                 process_cgroup = ?4 WHERE id = ?1",
             )?
             .execute(params![
-                key,
+                id.as_str(),
                 process.group,
                 process.started_ticks as i64,
                 process
@@ -212,8 +227,8 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
 /// which executions ended.
 #[derive(Default)]
 pub(super) struct Committed {
-    pub events: HashMap<i64, Vec<Event>>,
-    pub finished: Vec<i64>,
+    pub events: HashMap<ExecutionId, Vec<Event>>,
+    pub finished: Vec<ExecutionId>,
 }
 
 /// Sends a committed command's reply and takes its events for publication.
@@ -228,13 +243,13 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
         (Command::Create { reply, .. }, Applied::Create(execution, event)) => {
             committed
                 .events
-                .entry(execution.key)
+                .entry(execution.execution_id.clone())
                 .or_default()
                 .push(event);
             let _ = reply.send(Ok(*execution));
         }
-        (Command::Append { key, events }, Applied::Append(Some(first))) => {
-            let published = committed.events.entry(key).or_default();
+        (Command::Append { id, events }, Applied::Append(Some(first))) => {
+            let published = committed.events.entry(id).or_default();
             published.extend(events.into_iter().zip(first..).map(|(e, seq)| Event {
                 seq,
                 kind: e.kind,
@@ -249,10 +264,10 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
             Applied::Transition(outcome, event, ended),
         ) => {
             // Also without an event (recorded in the row only): followers learn of the end.
-            let published = committed.events.entry(transition.key).or_default();
+            let published = committed.events.entry(transition.id.clone()).or_default();
             published.extend(event);
             if ended {
-                committed.finished.push(transition.key);
+                committed.finished.push(transition.id);
             }
             let _ = reply.send(Ok(outcome));
         }
@@ -304,7 +319,7 @@ fn create(
          VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        new.id,
+        new.id.as_str(),
         new.agent.id,
         new.user_id,
         agent_json,
@@ -314,16 +329,17 @@ fn create(
     ])?;
     let key = conn.last_insert_rowid();
     ledger.active.insert(
-        key,
+        new.id.clone(),
         Active {
+            key,
             status: Status::Pending,
             last_seq: 0,
             dirty: false,
         },
     );
     let event = rules::status_event(Status::Pending, None, None, None, new.created_at);
-    let event = append_one(conn, ledger, key, event)?.expect("a new execution takes events");
-    let execution = rules::new_execution(new, key);
+    let event = append_one(conn, ledger, &new.id, event)?.expect("a new execution takes events");
+    let execution = rules::new_execution(new);
     Ok((execution, event))
 }
 
@@ -332,16 +348,16 @@ fn create(
 fn append<'a>(
     conn: &Connection,
     ledger: &mut Ledger,
-    key: i64,
+    id: &ExecutionId,
     events: impl ExactSizeIterator<Item = (EventKind, &'a str, i64)>,
 ) -> Result<Option<u64>> {
-    let Some(state) = ledger.load(conn, key)? else {
-        tracing::warn!(key, "events for an unknown execution were discarded");
+    let Some(state) = ledger.load(conn, id)? else {
+        tracing::warn!(execution = %id, "events for an unknown execution were discarded");
         return Ok(None);
     };
     if !rules::takes_events(state.status) {
         tracing::debug!(
-            key,
+            execution = %id,
             count = events.len(),
             "events after the end were discarded"
         );
@@ -354,7 +370,7 @@ fn append<'a>(
     for (kind, data, timestamp) in events {
         // Counted only once the insert succeeded; a failed one fails the transaction anyway.
         insert.execute(params![
-            key,
+            state.key,
             (state.last_seq + 1) as i64,
             kind.as_str(),
             data,
@@ -370,11 +386,11 @@ fn append<'a>(
 fn append_one(
     conn: &Connection,
     ledger: &mut Ledger,
-    key: i64,
+    id: &ExecutionId,
     event: NewEvent,
 ) -> Result<Option<Event>> {
     let one = std::iter::once((event.kind, event.data.get(), event.timestamp));
-    Ok(append(conn, ledger, key, one)?.map(|seq| Event {
+    Ok(append(conn, ledger, id, one)?.map(|seq| Event {
         seq,
         kind: event.kind,
         data: event.data,
@@ -388,15 +404,12 @@ fn transition_to(
     t: &Transition,
     record: &Record,
 ) -> Result<Applied> {
-    let Some(state) = ledger.load(conn, t.key)? else {
-        return Err(StoreError::Corrupt(format!(
-            "no execution with key {}",
-            t.key
-        )));
+    let Some(state) = ledger.load(conn, &t.id)? else {
+        return Err(StoreError::Corrupt(format!("no execution {}", t.id)));
     };
-    let current = state.status;
+    let (key, current) = (state.key, state.status);
     let failure = match record {
-        Record::AsAsked => rules::cut_short_end(ledger.cut_short.get(&t.key), t.to),
+        Record::AsAsked => rules::cut_short_end(ledger.cut_short.get(&t.id), t.to),
         Record::AsFailure(cause) | Record::RowOnly(cause) => Some(cause.clone()),
     };
     let rules::Decided {
@@ -408,7 +421,7 @@ fn transition_to(
         Ok(decided) => decided,
         Err(current) => {
             if current.is_terminal() {
-                ledger.cut_short.remove(&t.key);
+                ledger.cut_short.remove(&t.id);
             }
             return Ok(Applied::Transition(
                 TransitionOutcome::Refused(current),
@@ -430,7 +443,7 @@ fn transition_to(
          WHERE key = ?1",
     )?
     .execute(params![
-        t.key,
+        key,
         to.as_str(),
         t.at,
         terminal,
@@ -447,10 +460,10 @@ fn transition_to(
         Record::RowOnly(_) => None,
         _ => {
             let event = rules::status_event(to, output, error, t.exit_code, t.at);
-            append_one(conn, ledger, t.key, event)?
+            append_one(conn, ledger, &t.id, event)?
         }
     };
-    let state = ledger.active.get_mut(&t.key).expect("loaded above");
+    let state = ledger.active.get_mut(&t.id).expect("loaded above");
     state.status = to;
     Ok(Applied::Transition(outcome, event, terminal))
 }
