@@ -8,17 +8,15 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::broadcast::{self, error::RecvError};
-use tokio_util::sync::ReusableBoxFuture;
 
 use crate::config::LogLimits;
 use crate::domain::{
     Event, EventData, EventKind, Execution, ExecutionId, LogData, LogStream, MetricsData,
     ProcessGroup, Status, now_ms,
 };
-use crate::hub::{Batch, Hub};
 use crate::metrics::Metrics;
 use crate::store::{self, NewEvent, RunStats, Store};
+use crate::stream::{Batch, Bus, Live, Subscription};
 
 /// Writes one running execution's events. Shared by the tasks that read the agent's streams.
 pub struct Recorder {
@@ -170,13 +168,6 @@ fn new_event(kind: EventKind, data: &EventData, timestamp: i64) -> NewEvent {
 const PAGE: usize = 1000;
 const PAGE_BYTES: usize = 256 * 1024;
 
-/// A live batch and the receiver, handed back so that the next receive reuses the box.
-type Received = (Result<Batch, RecvError>, broadcast::Receiver<Batch>);
-
-async fn receive(mut live: broadcast::Receiver<Batch>) -> Received {
-    (live.recv().await, live)
-}
-
 /// Follows one execution's stream from `since` (exclusive) to its final status event.
 ///
 /// It subscribes to live events before reading the store, so nothing published in between is
@@ -185,17 +176,15 @@ async fn receive(mut live: broadcast::Receiver<Batch>) -> Received {
 /// already is. Hence: every event once, in order, whatever the timing.
 ///
 /// It is a poll-driven state machine (`poll_next`) so that a WebSocket connection can drive many
-/// of them from its one task; an idle follower is this struct and one small boxed receive.
+/// of them from its one task; an idle follower is this struct and its bus subscription.
 pub struct Follow {
     /// The execution's status and last seq when following began (after subscribing).
     pub start_status: Status,
     pub start_last_seq: u64,
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
     id: ExecutionId,
     last_seq: u64,
-    /// `None` only while dropping.
-    live: Option<ReusableBoxFuture<'static, Received>>,
+    live: Subscription,
     /// A store read in flight while catching up.
     reading: Option<BoxFuture<'static, store::Result<Vec<Event>>>>,
     /// Events read from the store, not delivered yet.
@@ -217,32 +206,28 @@ pub struct Follow {
 impl Follow {
     pub async fn start(
         store: Arc<dyn Store>,
-        hub: Arc<Hub>,
+        bus: &dyn Bus,
         execution: &Execution,
         since: u64,
     ) -> store::Result<Follow> {
         let id = execution.execution_id.clone();
-        let live = hub.subscribe(&id);
+        // Live before the store is read: whatever commits in between arrives on it.
+        let live = bus.subscribe(&id).await;
         // Re-read after subscribing: if it is finished now, its last event is in the store.
         let (start_status, start_last_seq) = match store.get_execution(&id).await {
             Ok(found) => found.map_or((execution.status, execution.last_seq), |e| {
                 (e.status, e.last_seq)
             }),
-            Err(e) => {
-                drop(live);
-                hub.release(&id);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         let done = start_status.is_terminal() && start_last_seq <= since;
         Ok(Follow {
             start_status,
             start_last_seq,
             store,
-            hub,
             id,
             last_seq: since,
-            live: Some(ReusableBoxFuture::new(receive(live))),
+            live,
             reading: None,
             queue: VecDeque::new(),
             batch: None,
@@ -299,11 +284,8 @@ impl Follow {
                 self.queue.extend(page);
                 continue;
             }
-            let live = self.live.as_mut().expect("present until drop");
-            let (received, receiver) = ready!(live.poll(cx));
-            live.set(receive(receiver));
-            match received {
-                Ok(batch) => {
+            match ready!(self.live.poll_next(cx)) {
+                Live::Batch(batch) => {
                     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                         continue;
                     };
@@ -316,8 +298,8 @@ impl Follow {
                     }
                     self.batch = Some((batch, 0));
                 }
-                Err(RecvError::Lagged(_)) => self.catching_up = true,
-                Err(RecvError::Closed) => {
+                Live::Lagged => self.catching_up = true,
+                Live::Closed => {
                     self.live_closed = true;
                     self.catching_up = true;
                 }
@@ -376,13 +358,5 @@ impl Follow {
     pub fn drain(&mut self) {
         self.draining = true;
         self.catching_up = true;
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        // The receiver lives in the boxed receive; it must be gone before the release.
-        drop(self.live.take());
-        self.hub.release(&self.id);
     }
 }

@@ -76,7 +76,7 @@ impl Runtime {
     /// Every event after `since`, stored then live, until the final status.
     pub async fn follow(&self, caller: &Caller, id: &str, since: u64) -> Result<Follow> {
         let execution = self.execution(caller, id).await?;
-        let follow = Follow::start(self.store.clone(), self.hub.clone(), &execution, since).await?;
+        let follow = Follow::start(self.store.clone(), &*self.bus, &execution, since).await?;
         check_since(id, since, follow.start_last_seq)?;
         Ok(follow)
     }

@@ -30,9 +30,9 @@ use crate::config::{Config, LogLimits};
 use crate::docker::DockerProbe;
 use crate::domain::ExecutionId;
 use crate::executor::{DockerExecutor, ProcessExecutor};
-use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{SqliteOptions, SqliteStore, Store, StoreError};
+use crate::store::{LostStream, Store, StoreError};
+use crate::stream::Bus;
 use supervise::Handle;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +66,18 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What the runtime is given to keep and share its state, chosen once at wiring time
+/// (`server::open_backends`): the store, the bus its commits are published on, and where the
+/// store announces the streams it cut short.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub lost_streams: tokio::sync::mpsc::UnboundedReceiver<LostStream>,
+}
+
 pub struct Runtime {
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
     docker: Arc<DockerProbe>,
     process: ProcessExecutor,
@@ -89,27 +98,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Opens the store, registers the configured agents and recovers what a previous run left
-    /// unfinished: PENDING executions are queued again, RUNNING ones end as FAILED
-    /// (`runtime_restarted`), since their processes died with the previous run.
-    pub async fn start(config: &Config) -> Result<Arc<Runtime>> {
-        let hub = Arc::new(Hub::new());
-        let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
-        let options = SqliteOptions {
-            sync_commits: config.sync_commits,
-            outage_limit: Duration::from_secs(config.store_outage_limit_secs),
-        };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
-            &config.data_dir,
-            options,
-            hub.clone(),
-            lost,
-        )?);
+    /// Starts on the given store and bus, registers the configured agents and recovers what a
+    /// previous run left unfinished: PENDING executions are queued again, RUNNING ones end as
+    /// FAILED (`runtime_restarted`), since their processes died with the previous run.
+    pub async fn start(config: &Config, backends: Backends) -> Result<Arc<Runtime>> {
+        let Backends {
+            store,
+            bus,
+            lost_streams,
+        } = backends;
         let metrics = Arc::new(Metrics::new());
         let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
         let runtime = Arc::new(Runtime {
             store,
-            hub,
+            bus,
             docker: docker.clone(),
             metrics,
             process: ProcessExecutor {

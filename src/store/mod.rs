@@ -2,7 +2,7 @@
 //! seam for a shared database later; `sqlite` is the embedded implementation. Only this module
 //! knows SQL.
 //!
-//! The store is also where an event becomes visible: it publishes each event to the hub only
+//! The store is also where an event becomes visible: it publishes each event to the bus only
 //! after the transaction that holds it has committed, so anything a reader saw is durable.
 //!
 //! A write that fails for a passing reason (a locked database, a full disk, an I/O error) is

@@ -23,7 +23,7 @@ use super::{
     TransitionOutcome, WriteHealth,
 };
 use crate::domain::{Agent, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
-use crate::hub::Hub;
+use crate::stream::Bus;
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
 
@@ -65,11 +65,12 @@ pub struct SqliteOptions {
 
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/agentnexus.db`, migrates it and starts the writer.
-    /// Executions whose streams the writer cuts short are announced on `lost`.
+    /// Committed batches are published on `bus`; executions whose streams the writer cuts short
+    /// are announced on `lost`.
     pub fn open(
         data_dir: &Path,
         options: SqliteOptions,
-        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
         lost: mpsc::UnboundedSender<LostStream>,
     ) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
@@ -96,7 +97,7 @@ impl SqliteStore {
         let (health, health_watch) = watch::channel(WriteHealth::Writing);
         let writer = Writer {
             conn,
-            hub,
+            bus,
             ledger: Ledger::default(),
             lost,
             health,

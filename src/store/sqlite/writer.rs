@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use super::super::{LostStream, Result, StoreError, WriteHealth};
 use super::commands::{self, Applied, Command, Committed, Ledger, Record};
 use crate::domain::{ExecError, ExecutionId, now_ms};
-use crate::hub::Hub;
+use crate::stream::Bus;
 
 /// Upper bound of commands per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 4096;
@@ -35,7 +35,7 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(20);
 
 pub(super) struct Writer {
     pub conn: Connection,
-    pub hub: Arc<Hub>,
+    pub bus: Arc<dyn Bus>,
     pub ledger: Ledger,
     pub lost: mpsc::UnboundedSender<LostStream>,
     pub health: watch::Sender<WriteHealth>,
@@ -130,7 +130,7 @@ impl Writer {
         }
         for (id, events) in committed.events {
             let finished = committed.finished.contains(&id);
-            self.hub.publish(&id, events, finished);
+            self.bus.publish(&id, events.into(), finished);
         }
         Ok(())
     }
