@@ -5,7 +5,6 @@ pub mod api;
 pub mod config;
 pub mod docker;
 pub mod domain;
-pub mod events;
 pub mod executor;
 pub mod health;
 pub mod metrics;

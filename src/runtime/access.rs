@@ -3,8 +3,8 @@
 //! and their events go through here.
 
 use crate::domain::{Event, Execution, ExecutionId};
-use crate::events::Follow;
 use crate::store::ExecutionFilter;
+use crate::stream::Follow;
 
 use super::{Error, Result, Runtime};
 

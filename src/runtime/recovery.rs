@@ -10,9 +10,9 @@ use crate::docker::DockerHealth;
 use crate::domain::{
     self, ExecError, Execution, ExecutionId, Runtime as AgentRuntime, Status, now_ms,
 };
-use crate::events::Recorder;
 use crate::executor::{OwnedContainer, ResumePoint};
 use crate::store::LostStream;
+use crate::stream::Recorder;
 
 use super::supervise::StopReason;
 use super::transition::Change;

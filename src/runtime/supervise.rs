@@ -9,8 +9,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ExecError, Execution, Runtime as AgentRuntime, Status};
-use crate::events::Recorder;
 use crate::executor::{Executor, Exit, Job, RunOutcome};
+use crate::stream::Recorder;
 
 use super::transition::Change;
 use super::{Result, Runtime};

@@ -26,8 +26,8 @@ use super::protocol::{
 use super::{CLOSE_TIMEOUT, DRAIN_TIMEOUT, Slot};
 use crate::api::AppState;
 use crate::domain::{Event, now_ms};
-use crate::events::Follow;
 use crate::runtime::{self, Caller};
+use crate::stream::Follow;
 
 /// Messages formatted in one poll of a connection before it yields to other tasks, so that a
 /// long replay to a fast client does not hold a worker thread.
