@@ -3,16 +3,48 @@
 //! between is missed. The bus is a transport, never a source of truth: a follower that misses
 //! batches (it lagged, or the bus lost them) is told so and reads them from the store.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::domain::{Event, ExecutionId};
 
 /// Events committed together for one execution, in seq order. Shared, never copied: every
 /// follower of an execution holds the same batch.
-pub type Batch = Arc<[Event]>;
+pub type Batch = Arc<[SharedEvent]>;
+
+/// A committed event as the bus carries it, with the text readers send it as, made once by the
+/// first reader that needs it and then shared by all the others: a thousand followers of an
+/// execution serialize each of its events once, not a thousand times.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: Event,
+    text: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    pub fn new(event: Event) -> SharedEvent {
+        SharedEvent {
+            event,
+            text: OnceLock::new(),
+        }
+    }
+
+    /// The event's text (valid UTF-8), made by `make` if no reader has made it yet. Every reader
+    /// of an event sends it in the same form, so the first one's is everyone's.
+    pub fn text(&self, make: impl FnOnce(&Event) -> String) -> Bytes {
+        self.text
+            .get_or_init(|| Bytes::from(make(&self.event)))
+            .clone()
+    }
+}
+
+/// Makes a batch of committed events, in seq order.
+pub fn batch(events: Vec<Event>) -> Batch {
+    events.into_iter().map(SharedEvent::new).collect()
+}
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -54,5 +86,37 @@ impl Subscription {
 
     pub async fn next(&mut self) -> Live {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventKind;
+
+    #[test]
+    fn an_event_is_written_once_for_all_its_readers() {
+        let shared = SharedEvent::new(Event {
+            seq: 1,
+            kind: EventKind::Log,
+            data: serde_json::value::to_raw_value(&serde_json::json!({"log": "hi"})).unwrap(),
+            timestamp: 0,
+        });
+        let mut made = 0;
+        let first = shared.text(|event| {
+            made += 1;
+            format!("{}", event.seq)
+        });
+        let second = shared.text(|_| {
+            made += 1;
+            "again".into()
+        });
+        assert_eq!(made, 1);
+        assert_eq!(second, "1");
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "the same bytes, not a copy"
+        );
     }
 }

@@ -7,6 +7,8 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
 
+use bytes::Bytes;
+
 use super::{Batch, Bus, Live, Subscription};
 use crate::domain::{Event, Execution, ExecutionId, Status};
 use crate::store::{self, Store};
@@ -92,11 +94,13 @@ impl Follow {
     /// The next event, or `None` once the final status event has been delivered (after `drain`,
     /// once every committed event has).
     pub async fn next(&mut self) -> store::Result<Option<Event>> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
+        let next = std::future::poll_fn(|cx| self.poll_next(cx)).await;
+        next.map(|followed| followed.map(Followed::into_event))
     }
 
-    /// `next` for callers that drive followers by hand.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<store::Result<Option<Event>>> {
+    /// `next` for callers that drive followers by hand, without copying live events: what
+    /// comes live is a place in the batch every follower of the execution shares.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<store::Result<Option<Followed>>> {
         loop {
             if let Some(event) = self.pop_queued() {
                 return Poll::Ready(Ok(Some(event)));
@@ -138,6 +142,7 @@ impl Follow {
                     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                         continue;
                     };
+                    let (first, last) = (&first.event, &last.event);
                     if last.seq <= self.last_seq {
                         continue;
                     }
@@ -158,25 +163,26 @@ impl Follow {
 
     /// The next event already read (from the store or a live batch), skipping any the reader
     /// has.
-    fn pop_queued(&mut self) -> Option<Event> {
+    fn pop_queued(&mut self) -> Option<Followed> {
         loop {
-            let event = if let Some(event) = self.queue.pop_front() {
-                event
+            let followed = if let Some(event) = self.queue.pop_front() {
+                Followed::Stored(event)
             } else if let Some((batch, next)) = &mut self.batch {
-                let Some(event) = batch.get(*next) else {
+                let Some(shared) = batch.get(*next) else {
                     self.batch = None;
                     continue;
                 };
                 *next += 1;
-                if event.seq <= self.last_seq {
+                if shared.event.seq <= self.last_seq {
                     continue;
                 }
-                event.clone()
+                Followed::Live(batch.clone(), *next - 1)
             } else {
                 // An idle follower keeps no buffer (after catching up, a large one).
                 self.queue = VecDeque::new();
                 return None;
             };
+            let event = followed.event();
             if event.seq <= self.last_seq {
                 continue;
             }
@@ -187,7 +193,7 @@ impl Follow {
                 self.queue.clear();
                 self.batch = None;
             }
-            return Some(event);
+            return Some(followed);
         }
     }
 
@@ -207,5 +213,37 @@ impl Follow {
     pub fn drain(&mut self) {
         self.draining = true;
         self.catching_up = true;
+    }
+}
+
+/// An event a follower delivers: read from the store (its own copy), or live (a place in the
+/// batch that every follower of the execution shares).
+pub enum Followed {
+    Stored(Event),
+    Live(Batch, usize),
+}
+
+impl Followed {
+    pub fn event(&self) -> &Event {
+        match self {
+            Followed::Stored(event) => event,
+            Followed::Live(batch, at) => &batch[*at].event,
+        }
+    }
+
+    pub fn into_event(self) -> Event {
+        match self {
+            Followed::Stored(event) => event,
+            Followed::Live(batch, at) => batch[at].event.clone(),
+        }
+    }
+
+    /// The event's text as `make` writes it: for a live event, made once and shared by every
+    /// follower (`SharedEvent::text`).
+    pub fn text(&self, make: impl FnOnce(&Event) -> String) -> Bytes {
+        match self {
+            Followed::Stored(event) => Bytes::from(make(event)),
+            Followed::Live(batch, at) => batch[*at].text(make),
+        }
     }
 }

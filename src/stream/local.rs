@@ -119,18 +119,18 @@ mod tests {
     use crate::domain::{Event, EventKind};
 
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> Batch {
-        seqs.map(|seq| Event {
+        let events = seqs.map(|seq| Event {
             seq,
             kind: EventKind::Log,
             data: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
             timestamp: 0,
-        })
-        .collect()
+        });
+        super::super::batch(events.collect())
     }
 
     fn seqs(live: Live) -> Vec<u64> {
         match live {
-            Live::Batch(batch) => batch.iter().map(|e| e.seq).collect(),
+            Live::Batch(batch) => batch.iter().map(|e| e.event.seq).collect(),
             other => panic!("{other:?}"),
         }
     }

@@ -8,7 +8,7 @@ mod follow;
 pub mod local;
 mod recorder;
 
-pub use bus::{Batch, Bus, Live, Subscription};
-pub use follow::Follow;
+pub use bus::{Batch, Bus, Live, SharedEvent, Subscription, batch};
+pub use follow::{Follow, Followed};
 pub use local::LocalBus;
 pub use recorder::Recorder;

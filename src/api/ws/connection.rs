@@ -269,9 +269,10 @@ impl Connection {
                     self.turn = index + 1;
                     continue;
                 }
-                Poll::Ready(Ok(Some(event))) => {
-                    self.outbox
-                        .send(&event_message(&follower.execution_id, &event));
+                Poll::Ready(Ok(Some(followed))) => {
+                    let id = &follower.execution_id;
+                    let text = followed.text(|event| event_message(id, event).to_text());
+                    self.outbox.send_shared(text);
                     moved += 1;
                     self.turn = index + 1;
                 }

@@ -130,7 +130,8 @@ impl Writer {
         }
         for (id, events) in committed.events {
             let finished = committed.finished.contains(&id);
-            self.bus.publish(&id, events.into(), finished);
+            self.bus
+                .publish(&id, crate::stream::batch(events), finished);
         }
         Ok(())
     }
