@@ -2,6 +2,7 @@
 //! observable. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod bus;
 pub mod config;
 pub mod docker;
 pub mod domain;

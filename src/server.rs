@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ws::Connections;
 use crate::api::{self, AppState, Auth, Mode, SitePolicy};
+use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Backends, Runtime};
 use crate::site::SiteError;
 use crate::store::{SqliteOptions, SqliteStore, StoreError};
-use crate::stream::{Bus, LocalBus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use agentnexus::bus::{Bus, Live, LocalBus};
 use agentnexus::domain::{
     Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Runtime, Status, Wei,
     now_ms,
@@ -12,7 +13,6 @@ use agentnexus::store::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, RunStats, SqliteOptions, SqliteStore,
     Store, StoreError, Transition, TransitionOutcome, WriteHealth,
 };
-use agentnexus::stream::{Bus, Live, LocalBus};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

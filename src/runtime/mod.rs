@@ -26,13 +26,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::Bus;
 use crate::config::{Config, LogLimits};
 use crate::docker::DockerProbe;
 use crate::domain::ExecutionId;
 use crate::executor::{DockerExecutor, ProcessExecutor};
 use crate::metrics::Metrics;
 use crate::store::{LostStream, Store, StoreError};
-use crate::stream::Bus;
 use supervise::Handle;
 
 #[derive(Debug, thiserror::Error)]

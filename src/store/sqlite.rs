@@ -22,8 +22,8 @@ use super::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
     TransitionOutcome, WriteHealth,
 };
+use crate::bus::Bus;
 use crate::domain::{Agent, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
-use crate::stream::Bus;
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
 

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use bytes::Bytes;
 
-use super::{Batch, Bus, Live, Subscription};
+use crate::bus::{Batch, Bus, Live, Subscription};
 use crate::domain::{Event, Execution, ExecutionId, Status};
 use crate::store::{self, Store};
 

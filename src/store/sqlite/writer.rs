@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::super::{LostStream, Result, StoreError, WriteHealth};
 use super::commands::{self, Applied, Command, Committed, Ledger, Record};
+use crate::bus::{self, Bus};
 use crate::domain::{ExecError, ExecutionId, now_ms};
-use crate::stream::Bus;
 
 /// Upper bound of commands per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 4096;
@@ -130,8 +130,7 @@ impl Writer {
         }
         for (id, events) in committed.events {
             let finished = committed.finished.contains(&id);
-            self.bus
-                .publish(&id, crate::stream::batch(events), finished);
+            self.bus.publish(&id, bus::batch(events), finished);
         }
         Ok(())
     }

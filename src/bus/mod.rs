@@ -2,6 +2,13 @@
 //! batch after its commit; a follower subscribes, then reads the store, so nothing committed in
 //! between is missed. The bus is a transport, never a source of truth: a follower that misses
 //! batches (it lagged, or the bus lost them) is told so and reads them from the store.
+//!
+//! It sits below the store (which publishes to it) and below `stream` (whose followers
+//! subscribe); `local` is the in-process implementation.
+
+mod local;
+
+pub use local::LocalBus;
 
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};

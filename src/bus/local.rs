@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::ReusableBoxFuture;
 
-use super::bus::{Batch, Bus, Feed, Live, Subscription};
+use super::{Batch, Bus, Feed, Live, Subscription};
 use crate::domain::ExecutionId;
 
 /// Live batches kept per execution for followers that are momentarily behind. Small on
@@ -125,7 +125,7 @@ mod tests {
             data: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
             timestamp: 0,
         });
-        super::super::batch(events.collect())
+        crate::bus::batch(events.collect())
     }
 
     fn seqs(live: Live) -> Vec<u64> {
