@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::ReusableBoxFuture;
 
-use super::{Batch, Bus, Feed, Live, Subscription};
-use crate::domain::ExecutionId;
+use super::{Batch, Bus, Feed, Live, Subscription, batches};
+use crate::domain::{Event, ExecutionId};
 
 /// Live batches kept per execution for followers that are momentarily behind. Small on
 /// purpose: a batch can hold thousands of events, and a follower further behind than this
@@ -57,11 +57,13 @@ impl Bus for LocalBus {
         })
     }
 
-    fn publish(&self, id: &ExecutionId, batch: Batch, finished: bool) {
+    fn publish(&self, id: &ExecutionId, events: Vec<Event>, finished: bool) {
         let mut channels = self.channels.lock().unwrap();
         if let Some(sender) = channels.get(id) {
-            // An error only means every receiver is gone.
-            let _ = sender.send(batch);
+            for batch in batches(events) {
+                // An error only means every receiver is gone.
+                let _ = sender.send(batch);
+            }
         }
         if finished {
             // Dropping the sender lets followers drain what is buffered, then see `Closed`.
@@ -116,16 +118,17 @@ impl Drop for LocalFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Event, EventKind};
+    use crate::bus::BATCH_EVENTS;
+    use crate::domain::EventKind;
 
-    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Batch {
-        let events = seqs.map(|seq| Event {
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+        seqs.map(|seq| Event {
             seq,
             kind: EventKind::Log,
             data: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
             timestamp: 0,
-        });
-        crate::bus::batch(events.collect())
+        })
+        .collect()
     }
 
     fn seqs(live: Live) -> Vec<u64> {
@@ -157,6 +160,21 @@ mod tests {
             bus.publish(&id, batch(seq..=seq), false);
         }
         assert!(matches!(live.next().await, Live::Lagged));
+    }
+
+    #[tokio::test]
+    async fn a_large_commit_goes_out_in_bounded_batches() {
+        let bus = LocalBus::new();
+        let id = ExecutionId::generate();
+        let mut live = bus.subscribe(&id).await;
+        let total = 2 * BATCH_EVENTS as u64 + 1;
+        bus.publish(&id, batch(1..=total), true);
+        let mut seen = Vec::new();
+        while let Live::Batch(batch) = live.next().await {
+            assert!(batch.len() <= BATCH_EVENTS, "{}", batch.len());
+            seen.extend(batch.iter().map(|e| e.event.seq));
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     }
 
     #[tokio::test]

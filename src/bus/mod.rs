@@ -42,15 +42,31 @@ impl SharedEvent {
     /// The event's text (valid UTF-8), made by `make` if no reader has made it yet. Every reader
     /// of an event sends it in the same form, so the first one's is everyone's.
     pub fn text(&self, make: impl FnOnce(&Event) -> String) -> Bytes {
-        self.text
-            .get_or_init(|| Bytes::from(make(&self.event)))
-            .clone()
+        // Exactly sized: the text lives as long as the batch.
+        let make = || Bytes::from(make(&self.event).into_boxed_str().into_boxed_bytes());
+        self.text.get_or_init(make).clone()
     }
 }
 
-/// Makes a batch of committed events, in seq order.
-pub fn batch(events: Vec<Event>) -> Batch {
-    events.into_iter().map(SharedEvent::new).collect()
+/// At most this many events, and no more than about `BATCH_BYTES` of their data, go in one
+/// batch: a bus keeps a few recent batches for followers that are momentarily behind, and
+/// one commit can hold hundreds of thousands of lines. Bounded batches bound what is kept.
+pub const BATCH_EVENTS: usize = 1024;
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Cuts an execution's committed events, in seq order, into bounded batches.
+pub fn batches(events: Vec<Event>) -> impl Iterator<Item = Batch> {
+    let mut events = events.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
+            let Some(event) = events.next() else { break };
+            bytes += event.data.get().len();
+            batch.push(SharedEvent::new(event));
+        }
+        (!batch.is_empty()).then(|| Batch::from(batch))
+    })
 }
 
 #[async_trait]
@@ -58,10 +74,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes to an execution's live batches. Returns once the subscription is live: every
     /// batch published after it returns reaches the subscription (or is reported `Lagged`).
     async fn subscribe(&self, id: &ExecutionId) -> Subscription;
-    /// Publishes a committed batch; `finished` when it holds the execution's end, after which
-    /// the execution's subscriptions report `Closed`. Never waits, never fails: a follower that
-    /// misses it fills the hole from the store.
-    fn publish(&self, id: &ExecutionId, batch: Batch, finished: bool);
+    /// Publishes events committed together, in seq order, as bounded batches (`batches`);
+    /// `finished` when they hold the execution's end, after which the execution's subscriptions
+    /// report `Closed`. Never waits, never fails: a follower that misses a batch fills the hole
+    /// from the store.
+    fn publish(&self, id: &ExecutionId, events: Vec<Event>, finished: bool);
 }
 
 /// What a subscription receives next.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::super::{LostStream, Result, StoreError, WriteHealth};
 use super::commands::{self, Applied, Command, Committed, Ledger, Record};
-use crate::bus::{self, Bus};
+use crate::bus::Bus;
 use crate::domain::{ExecError, ExecutionId, now_ms};
 
 /// Upper bound of commands per transaction, so one commit never grows without limit.
@@ -130,7 +130,7 @@ impl Writer {
         }
         for (id, events) in committed.events {
             let finished = committed.finished.contains(&id);
-            self.bus.publish(&id, bus::batch(events), finished);
+            self.bus.publish(&id, events, finished);
         }
         Ok(())
     }
