@@ -16,10 +16,11 @@ use tokio_util::sync::ReusableBoxFuture;
 use super::{Batch, Bus, Feed, Live, Subscription, batches};
 use crate::domain::{Event, ExecutionId};
 
-/// Live batches kept per execution for followers that are momentarily behind. Small on
-/// purpose: a batch can hold thousands of events, and a follower further behind than this
+/// Live batches kept per execution for followers that are momentarily behind: with bounded
+/// batches, at most 64 × `BATCH_EVENTS` events (65,536; about 20 MB with their texts), enough
+/// that one large commit does not leave a lone follower behind. A follower further behind
 /// reads from the store instead.
-const CHANNEL_CAPACITY: usize = 16;
+const CHANNEL_CAPACITY: usize = 64;
 
 type Channels = Mutex<HashMap<ExecutionId, broadcast::Sender<Batch>>>;
 
