@@ -291,7 +291,9 @@ fn docker_compose_accepts_the_compose_file() {
     } else if on_path("docker") && run("docker", &["compose", "version"], None).0 {
         ("docker", &["compose"])
     } else {
-        common::skip("neither docker-compose nor `docker compose` is installed");
+        common::skip(
+            "neither docker-compose nor `docker compose` is installed (apt-get install docker-compose; scripts/test installs it)",
+        );
         return;
     };
     let mut args = prefix.to_vec();
