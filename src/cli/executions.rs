@@ -1,6 +1,7 @@
 //! `agentnexus run`, `ps`, `logs` and `cancel`: submitting executions, listing them, reading
-//! their event stream and stopping them. Human output keeps stdout for the agent's own stdout (and the output JSON), and
-//! sends everything else to stderr, so `agentnexus run X --follow > out.txt` captures just that.
+//! their event stream and stopping them. Human output keeps stdout for the agent's own stdout
+//! (and the output JSON), and sends everything else to stderr, so `agentnexus run X --follow >
+//! out.txt` captures just that.
 
 use std::process::ExitCode;
 use std::time::Duration;
