@@ -2,6 +2,7 @@
 //! a real HTTP client, and shell-script agents.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod daemon_proxy;
 pub mod docker;
 pub mod faults;
