@@ -1,13 +1,12 @@
 //! Command-line interface: `serve` runs the server; every other command is an HTTP client of a
-//! running server. This module holds the argument definitions and maps outcomes to exit codes.
-//!
-//! Exit codes: 0 success (or COMPLETED), 1 FAILED execution or internal error, 2 usage error,
-//! 3 CANCELLED execution, 4 error reported by the server or server unreachable.
+//! running server. This module holds the argument definitions and maps outcomes to exit codes
+//! (`EXIT_CODES`, shown by `--help`).
 
 mod agents;
 mod client;
 mod executions;
 mod follow;
+mod interrupt;
 mod output;
 mod serve;
 
@@ -15,19 +14,40 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentnexus::domain::{Status, Wei};
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use reqwest::Url;
 use serde_json::Value;
 
 use client::{Client, Failure};
 
+/// A usage error (clap's own code for it).
+const USAGE: u8 = 2;
+/// The server answered with an error, or could not be reached.
+const SERVER_ERROR: u8 = 4;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success; with --wait or --follow: the execution COMPLETED
+  1    the execution FAILED, or an error in this program
+  2    usage error; for serve, a bad configuration
+  3    the execution was CANCELLED
+  4    the server answered with an error (not found, already ended, ...) or could not be reached
+  130  interrupted by Ctrl-C. `run --wait|--follow` cancels the execution it started and waits
+       for its end (a second Ctrl-C stops waiting at once); `logs --follow` stops following and
+       leaves the execution running";
+
 #[derive(Parser)]
 #[command(
     name = "agentnexus",
     version,
-    about = "AgentNexus: a runtime that executes AI agents and makes every execution observable live"
+    about = "AgentNexus: a runtime that executes AI agents and makes every execution observable live",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,17 +57,23 @@ enum Command {
     /// Run the server (REST API, agent executions) until SIGTERM or ctrl-c
     Serve(serve::ServeArgs),
     /// List, define and remove agents
-    Agents(AgentsArgs),
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// Start an execution of an agent, optionally waiting for it or following its log
     Run(RunArgs),
     /// List executions, newest first
     Ps(PsArgs),
     /// Print the event log of an execution
     Logs(LogsArgs),
+    /// Cancel an execution: stop it, and answer once it has ended
+    Cancel(CancelArgs),
 }
 
-/// Options of every client command. `global` lets them follow the subcommand too
-/// (`agentnexus agents list --json`).
+/// Options of every client command. `global` lets them stand anywhere on the command line,
+/// before or after the subcommand (`agentnexus --url URL agents list`, `agentnexus agents
+/// list --json`).
 #[derive(Args)]
 pub struct ClientArgs {
     /// Base URL of the agentnexus server
@@ -74,12 +100,9 @@ pub struct ClientArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct AgentsArgs {
-    #[command(flatten)]
-    client: ClientArgs,
-    #[command(subcommand)]
-    command: AgentsCommand,
+impl ClientArgs {
+    /// The ids of the options, for telling `serve` they are not its own.
+    const IDS: [&str; 3] = ["url", "token", "json"];
 }
 
 #[derive(Subcommand)]
@@ -133,25 +156,21 @@ pub struct AddArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     /// Id of the agent to run
     pub agent: String,
     /// Input of the execution, as JSON
     #[arg(long, value_name = "JSON", value_parser = parse_json, default_value = "{}")]
     pub input: Value,
-    /// Wait until the execution ends, then print its output or error
+    /// Wait until the execution ends, then print its output or error (Ctrl-C cancels it)
     #[arg(long, conflicts_with = "follow")]
     pub wait: bool,
-    /// Print the execution's log as it arrives, until the execution ends
+    /// Print the execution's log as it arrives, then its output (Ctrl-C cancels it)
     #[arg(long)]
     pub follow: bool,
 }
 
 #[derive(Args)]
 pub struct PsArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     /// Only executions of this agent
     #[arg(long, value_name = "ID")]
     pub agent: Option<String>,
@@ -165,11 +184,10 @@ pub struct PsArgs {
 
 #[derive(Args)]
 pub struct LogsArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     /// Id of the execution
     pub execution: String,
-    /// Keep printing new events until the execution ends
+    /// Keep printing new events until the execution ends (Ctrl-C stops following; the
+    /// execution goes on)
     #[arg(long, short)]
     pub follow: bool,
     /// Only events after this sequence number
@@ -177,19 +195,53 @@ pub struct LogsArgs {
     pub since: u64,
 }
 
+#[derive(Args)]
+pub struct CancelArgs {
+    /// Id of the execution
+    pub execution: String,
+}
+
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(args) => serve::serve(args),
-        Command::Agents(a) => client_main(&a.client, async |c, json| {
-            agents::run(c, a.command, json).await
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let client = &cli.client;
+    match cli.command {
+        Command::Serve(args) => {
+            refuse_client_options(&matches);
+            serve::serve(args)
+        }
+        Command::Agents { command } => {
+            client_main(client, async |c, json| agents::run(c, command, json).await)
+        }
+        Command::Run(a) => client_main(client, async |c, json| executions::run(c, &a, json).await),
+        Command::Ps(a) => client_main(client, async |c, json| executions::ps(c, &a, json).await),
+        Command::Logs(a) => {
+            client_main(client, async |c, json| executions::logs(c, &a, json).await)
+        }
+        Command::Cancel(a) => client_main(client, async |c, json| {
+            executions::cancel(c, &a, json).await
         }),
-        Command::Run(a) => client_main(&a.client, async |c, json| {
-            executions::run(c, &a, json).await
-        }),
-        Command::Ps(a) => client_main(&a.client, async |c, json| executions::ps(c, &a, json).await),
-        Command::Logs(a) => client_main(&a.client, async |c, json| {
-            executions::logs(c, &a, json).await
-        }),
+    }
+}
+
+/// The client options are global, so clap accepts them after `serve` too; there they would
+/// be silently ignored, which a user who meant `--bind` would not notice.
+fn refuse_client_options(matches: &clap::ArgMatches) {
+    let Some(serve) = matches.subcommand_matches("serve") else {
+        return;
+    };
+    for id in ClientArgs::IDS {
+        if serve.value_source(id) == Some(ValueSource::CommandLine) {
+            let mut command = Cli::command();
+            command.build();
+            let serve = command.find_subcommand_mut("serve").expect("serve exists");
+            serve
+                .error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--{id} is an option of the client commands, not of serve"),
+                )
+                .exit();
+        }
     }
 }
 
@@ -216,9 +268,9 @@ fn client_main(
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::error(format_args!("{e:#}"));
             if e.is::<Failure>() {
-                ExitCode::from(4)
+                ExitCode::from(SERVER_ERROR)
             } else {
                 ExitCode::FAILURE
             }
@@ -246,7 +298,6 @@ fn parse_env_var(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn arguments_are_consistent() {

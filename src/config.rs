@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{self, Agent, Runtime, Wei};
 
 mod keys;
+mod report;
 
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
 
@@ -25,35 +26,9 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
-        // figment reports the key and the source (file or environment variable) of each error.
-        let all: Vec<String> = e.into_iter().map(without_secrets).collect();
+        let all: Vec<String> = e.into_iter().map(report::describe).collect();
         ConfigError::Invalid(all.join("; "))
     }
-}
-
-/// An error's message without what could be a secret: the parser's quote of the offending
-/// line (it may hold an API key or an agent's credentials), and the value of an `api_keys`
-/// entry.
-fn without_secrets(mut e: figment::Error) -> String {
-    use figment::error::Kind;
-    if e.path.iter().any(|p| p == "api_keys") {
-        e.kind = match e.kind {
-            Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
-                Kind::Message(format!("invalid value, expected {expected}"))
-            }
-            kind => kind,
-        };
-    }
-    e.to_string()
-        .lines()
-        .filter(|l| {
-            !l.trim_start()
-                .trim_start_matches(|c: char| c.is_ascii_digit())
-                .trim_start()
-                .starts_with('|')
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +76,9 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// A TOML file of more `[[api_keys]]` (a mounted Secret), relative to the config file.
     pub api_keys_file: Option<PathBuf>,
+    /// The file this configuration was read from, as it was named (not a setting).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -126,6 +104,7 @@ impl Default for Config {
             agents: Vec::new(),
             api_keys: Vec::new(),
             api_keys_file: None,
+            file: None,
         }
     }
 }
@@ -327,6 +306,7 @@ impl Config {
         })?;
         config.gather_api_keys(file)?;
         config.validate()?;
+        config.file = file.map(Path::to_owned);
         Ok(config)
     }
 

@@ -67,6 +67,8 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
         let runtime = Runtime::start(&config, open_backends(&config)?).await?;
+        let agents = runtime.agents().await?.len();
+        tracing::info!("{}", agents_loaded(&config, agents));
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| StartError::Bind {
@@ -168,6 +170,32 @@ impl Server {
     }
 }
 
+/// Where the `total` agents the server started with come from: the configuration file, and the
+/// store (those defined over the API, kept in the data directory).
+fn agents_loaded(config: &Config, total: usize) -> String {
+    let count = |n: usize| format!("{n} agent{}", if n == 1 { "" } else { "s" });
+    let from_file = config.agents.len();
+    let stored = total.saturating_sub(from_file);
+    let mut sources = Vec::new();
+    if let Some(file) = &config.file {
+        sources.push((from_file, file.display().to_string()));
+    }
+    if stored > 0 || config.file.is_none() {
+        let store = format!("the store in {}", config.data_dir.display());
+        sources.push((stored, store));
+    }
+    match sources.as_slice() {
+        [(_, source)] => format!("loaded {} from {source}", count(total)),
+        _ => {
+            let each: Vec<String> = sources
+                .iter()
+                .map(|(n, source)| format!("{n} from {source}"))
+                .collect();
+            format!("loaded {}: {}", count(total), each.join(", "))
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
@@ -210,5 +238,50 @@ async fn probe_database(runtime: Arc<Runtime>, timeout: Duration, stop: Cancella
             _ = tokio::time::sleep(PERIOD) => {}
             Ok(()) = writes.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigAgent;
+    use crate::domain::{Runtime as AgentRuntime, Wei};
+
+    fn config(file: Option<&str>, agents: usize) -> Config {
+        let agent = |i: usize| ConfigAgent {
+            id: format!("a{i}"),
+            name: "A".into(),
+            price_wei: Wei(0),
+            timeout_secs: None,
+            input_schema: None,
+            runtime: AgentRuntime::docker("busybox", &[]),
+        };
+        Config {
+            file: file.map(Into::into),
+            data_dir: "/var/lib/agentnexus".into(),
+            agents: (0..agents).map(agent).collect(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_start_up_log_says_how_many_agents_came_from_where() {
+        let file = Some("examples/agentnexus.toml");
+        assert_eq!(
+            agents_loaded(&config(file, 3), 3),
+            "loaded 3 agents from examples/agentnexus.toml"
+        );
+        assert_eq!(
+            agents_loaded(&config(file, 1), 3),
+            "loaded 3 agents: 1 from examples/agentnexus.toml, 2 from the store in /var/lib/agentnexus"
+        );
+        assert_eq!(
+            agents_loaded(&config(None, 0), 1),
+            "loaded 1 agent from the store in /var/lib/agentnexus"
+        );
+        assert_eq!(
+            agents_loaded(&config(None, 0), 0),
+            "loaded 0 agents from the store in /var/lib/agentnexus"
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use agentnexus::config::{ConfigAgent, ContainmentMode};
 use agentnexus::domain::Runtime;
 use agentnexus::executor::Containment;
+use common::tools::Tool;
 use common::{Client, ServerProcess, TestServer, log_lines, sh_agent, write_config};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -109,10 +110,11 @@ impl Scene {
     }
 }
 
-/// Whether this host offers `mode`; if not, the test is skipped (a failure in CI).
+/// Whether this host offers `mode` and python3 (the escape script's language); if not, the
+/// test is skipped (a failure in CI).
 fn offered(mode: ContainmentMode) -> bool {
     match Containment::choose(mode) {
-        Ok(_) => true,
+        Ok(_) => common::tools::have(Tool::Python3),
         Err(why) => common::skip(&why),
     }
 }

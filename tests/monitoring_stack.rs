@@ -5,7 +5,9 @@
 //! way of starting the runtime (keys from the environment or a Secret file) and its health check
 //! script run for real.
 //!
-//! YAML is read through `python3 -c 'import yaml'` (PyYAML; `.ci/run` installs it).
+//! YAML is read through `python3 -c 'import yaml'` (PyYAML). Each test first checks the tools it
+//! needs (`common::tools`): a missing one skips it, or fails it under `AGENTNEXUS_REQUIRE_TOOLS`;
+//! `scripts/test` installs them all.
 
 mod common;
 
@@ -15,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::prometheus::{Prometheus, mix_agents, run_mix, sample};
+use common::tools::{Tool, have, on_path};
 use common::{Client, ServerProcess, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -49,14 +52,6 @@ fn run(program: &str, args: &[&str], dir: Option<&Path>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Every document of a YAML file, as JSON.
 fn yaml_docs(path: &Path) -> Vec<Value> {
     let (ok, out) = run(
@@ -68,11 +63,7 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
         ],
         None,
     );
-    assert!(
-        ok,
-        "reading {} as YAML failed (PyYAML is required: pip install PyYAML): {out}",
-        path.display()
-    );
+    assert!(ok, "reading {} as YAML failed: {out}", path.display());
     serde_json::from_str(&out).unwrap()
 }
 
@@ -82,11 +73,8 @@ fn yaml(path: &str) -> Value {
     docs.remove(0)
 }
 
+/// Runs promtool (the caller has checked it is there) in `deploy/prometheus`; it must succeed.
 fn promtool(args: &[&str]) {
-    assert!(
-        have("promtool"),
-        "promtool is required: apt-get install prometheus"
-    );
     let (ok, out) = run("promtool", args, Some(&deploy("prometheus")));
     assert!(ok, "promtool {}: {out}", args.join(" "));
     assert!(
@@ -101,12 +89,18 @@ fn promtool(args: &[&str]) {
 
 #[test]
 fn promtool_accepts_the_config_and_the_rules() {
+    if !have(Tool::Promtool) {
+        return;
+    }
     promtool(&["check", "config", "prometheus.yml"]);
     promtool(&["check", "rules", "alerts.yml"]);
 }
 
 #[test]
 fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
+    if !(have(Tool::Promtool) && have(Tool::PyYaml)) {
+        return;
+    }
     promtool(&["test", "rules", "alerts_test.yml"]);
 
     let rules = yaml("prometheus/alerts.yml");
@@ -218,6 +212,9 @@ fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
 
 #[test]
 fn prometheus_config_matches_the_spec_and_the_compose_services() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     let config = yaml("prometheus/prometheus.yml");
     assert_eq!(config["global"]["scrape_interval"], "15s");
     assert_eq!(config["global"]["evaluation_interval"], "15s");
@@ -270,12 +267,7 @@ fn prometheus_config_matches_the_spec_and_the_compose_services() {
 
 #[test]
 fn amtool_accepts_the_alertmanager_config() {
-    if !have("amtool") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "amtool is required in CI: apt-get install prometheus-alertmanager"
-        );
-        println!("SKIPPED: amtool is not installed (apt-get install prometheus-alertmanager)");
+    if !have(Tool::Amtool) {
         return;
     }
     let (ok, out) = run(
@@ -294,12 +286,14 @@ fn amtool_accepts_the_alertmanager_config() {
 
 #[test]
 fn docker_compose_accepts_the_compose_file() {
-    let (program, prefix): (&str, &[&str]) = if have("docker-compose") {
+    let (program, prefix): (&str, &[&str]) = if on_path("docker-compose") {
         ("docker-compose", &[])
-    } else if run("docker", &["compose", "version"], None).0 {
+    } else if on_path("docker") && run("docker", &["compose", "version"], None).0 {
         ("docker", &["compose"])
     } else {
-        common::skip("neither docker-compose nor `docker compose` is installed");
+        common::skip(
+            "neither docker-compose nor `docker compose` is installed (apt-get install docker-compose; scripts/test installs it)",
+        );
         return;
     };
     let mut args = prefix.to_vec();
@@ -310,6 +304,9 @@ fn docker_compose_accepts_the_compose_file() {
 
 #[test]
 fn compose_pins_images_uses_named_volumes_and_the_spec_ports() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     let compose = yaml("docker-compose.yml");
     let services = compose["services"].as_object().unwrap();
     for name in ["agentnexus", "prometheus", "grafana", "alertmanager"] {
@@ -379,6 +376,9 @@ fn compose_mount_source(compose: &Value, service: &str, target: &str) -> Option<
 
 #[test]
 fn grafana_provisioning_points_where_compose_mounts_the_files() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     let compose = yaml("docker-compose.yml");
     let provider = yaml("grafana/provisioning/dashboards/agentnexus.yml");
     let path = provider["providers"][0]["options"]["path"]
@@ -591,6 +591,9 @@ fn single(result: &[Value], what: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() {
+    if !have(Tool::Prometheus) {
+        return;
+    }
     // Three slots: the mix runs through them, then three `hold` executions fill them and a
     // fourth waits in the queue while the dashboard is read.
     let server = TestServer::start_with(mix_agents(), |c| c.max_concurrent_executions = 3).await;
@@ -883,6 +886,9 @@ fn k8s(kind: &str) -> Value {
 
 #[test]
 fn kubernetes_manifests_validate_offline() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     // Every manifest file is listed in the kustomization.
     let listed: BTreeSet<String> = k8s_docs().into_iter().map(|(f, _)| f).collect();
     for entry in std::fs::read_dir(deploy("k8s")).unwrap() {
@@ -894,12 +900,7 @@ fn kubernetes_manifests_validate_offline() {
             );
         }
     }
-    if !have("kubernetes-validate") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubernetes-validate is required in CI: pip install kubernetes-validate"
-        );
-        println!("SKIPPED: kubernetes-validate is not installed (pip install kubernetes-validate)");
+    if !have(Tool::KubernetesValidate) {
         return;
     }
     let files: Vec<String> = listed
@@ -933,6 +934,9 @@ fn kubernetes_manifests_validate_offline() {
 
 #[test]
 fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
+    if !(have(Tool::PyYaml) && have(Tool::Promtool)) {
+        return;
+    }
     let rule = k8s("PrometheusRule");
     let alerts = yaml("prometheus/alerts.yml");
     let sync =
@@ -1024,6 +1028,9 @@ async fn status_of(url: &str, token: Option<&str>) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     let deployment = k8s("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let config_map = k8s("ConfigMap");
@@ -1216,6 +1223,9 @@ async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_config_and_image_run_the_runtime_with_the_admin_key_from_env() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
     let dockerfile = read("Dockerfile");
     let config = read("agentnexus.toml");
     let compose = yaml("docker-compose.yml");

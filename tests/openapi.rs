@@ -407,6 +407,7 @@ async fn probes_metrics_the_document_and_the_websocket_upgrade_answer_as_documen
     let (_server, api) = keyed_server().await;
     let p = str::to_owned;
     api.expect(&[
+        ("GET", p("/"), None, 200),
         ("GET", p("/health"), None, 200),
         ("GET", p("/health/live"), None, 200),
         ("GET", p("/health/ready"), None, 200),
@@ -441,6 +442,24 @@ async fn probes_metrics_the_document_and_the_websocket_upgrade_answer_as_documen
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .header("origin", "http://elsewhere.example");
     assert_eq!(api.check(foreign).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_root_points_at_the_api_document_the_probes_and_the_metrics() {
+    let (_server, api) = keyed_server().await;
+    let answer = api.call("GET", "/", None, None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let index: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(index["api"], "/api");
+    assert_eq!(index["websocket"], "/ws");
+    // Every page it names is there, and needs no key.
+    for name in ["openapi", "health", "ready", "metrics"] {
+        let path = index[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name}: {index}"));
+        let answer = api.call("GET", path, None, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}: {path}");
+    }
 }
 
 /// Found by the fuzzer: JSON Schema's integers include `5.0`; the server refused them with 400.

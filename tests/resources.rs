@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::tools::{Tool, have};
 use common::{TestServer, sh_agent};
 use serde_json::json;
 
@@ -15,6 +16,9 @@ fn metrics(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
 
 #[tokio::test]
 async fn an_agent_holding_100_mb_shows_that_peak() {
+    if !have(Tool::Python3) {
+        return;
+    }
     // A child process holds the memory: the sample covers the whole tree, not just the leader.
     let script = r#"python3 -c 'import time; b = bytearray(100 * 1024 * 1024); time.sleep(1.5)'"#;
     let server = TestServer::start(vec![sh_agent("hog", "1", script)]).await;
@@ -47,6 +51,9 @@ async fn an_agent_holding_100_mb_shows_that_peak() {
 
 #[tokio::test]
 async fn a_busy_loop_shows_about_one_core() {
+    if !have(Tool::Python3) {
+        return;
+    }
     let script = r#"python3 -c '
 import time
 end = time.time() + 1.5

@@ -79,6 +79,7 @@ fn every_route() -> Vec<(&'static str, &'static str, &'static str)> {
             "/api/executions/exec_01m8f7zyfx1pgmq6mcqh9jyvq8/events",
             "",
         ),
+        ("GET", "/", ""),
         ("GET", "/health", ""),
         ("GET", "/health/live", ""),
         ("GET", "/health/ready", ""),

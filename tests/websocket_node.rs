@@ -8,6 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::tools::{self, Tool};
 use common::{TestServer, sh_agent};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -78,21 +79,11 @@ ws.addEventListener('message', (event) => {
 setTimeout(() => { console.error('timed out'); process.exit(2); }, 20000).unref();
 "#;
 
-fn node_ws_dir() -> &'static str {
-    let dir = "/usr/share/nodejs";
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok() && std::path::Path::new(dir).join("ws").exists(),
-        "Node.js and its `ws` package are required: apt-get install node-ws"
-    );
-    dir
-}
-
 fn node(script: &std::path::Path) -> Command {
     let mut command = Command::new("node");
     command
         .arg(script)
-        .env("NODE_PATH", node_ws_dir())
+        .env("NODE_PATH", tools::NODE_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,6 +103,9 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_client_prints_logs_status_and_metrics_of_a_running_execution() {
+    if !tools::have(Tool::NodeWs) {
+        return;
+    }
     // Long enough for several resource samples (every 100 ms), and it uses some memory.
     let agent = sh_agent(
         "stepper",
@@ -191,6 +185,9 @@ async fn the_spec_client_prints_logs_status_and_metrics_of_a_running_execution()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_connection_test_connects_gets_an_answer_and_sees_the_close() {
+    if !tools::have(Tool::NodeWs) {
+        return;
+    }
     let mut server = TestServer::start(vec![]).await;
     let script = replace_once(
         SPEC_TEST_WEBSOCKET_JS,

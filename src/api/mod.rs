@@ -1,4 +1,4 @@
-//! The HTTP surface: REST under `/api`, health probes. The only module that knows HTTP and
+//! The HTTP surface: REST under `/api`, health probes, and `/` pointing at them. The only module that knows HTTP and
 //! JSON request shapes; it translates them into calls on the `Runtime` and its errors into
 //! `{"error": {"code", "message"}}` responses with stable codes.
 
@@ -7,6 +7,7 @@ mod error;
 mod executions;
 mod health;
 mod host;
+mod index;
 mod metrics;
 pub mod openapi;
 pub mod ws;
@@ -146,6 +147,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/executions/{id}/events", get(executions::events))
         .route("/openapi.json", get(openapi::document));
     Router::new()
+        .route("/", get(index::index))
         .nest("/api", api)
         .route("/health", get(health::live))
         .route("/health/live", get(health::live))

@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{agents, executions, health, metrics, ws};
+use super::{agents, executions, health, index, metrics, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,7 @@ use super::{agents, executions, health, metrics, ws};
         executions::cancel,
         executions::events,
         document,
+        index::index,
         health::live,
         health::ready,
         metrics::text,
@@ -52,7 +53,7 @@ use super::{agents, executions, health, metrics, ws};
         (name = "websocket", description = "Live event streams"),
         (name = "health", description = "Probes"),
         (name = "metrics", description = "Prometheus metrics"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This document, and where everything is"),
     ),
 )]
 pub struct ApiDoc;

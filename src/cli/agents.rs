@@ -36,18 +36,55 @@ async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = agents
         .iter()
         .map(|agent| {
-            let runtime = &agent["runtime"];
             vec![
                 text(&agent["id"]),
                 text(&agent["name"]),
                 text(&agent["priceWei"]),
-                format!("{}: {}", text(&runtime["type"]), text(&runtime["command"])),
+                runtime(&agent["runtime"]),
                 format!("{}s", text(&agent["timeoutSecs"])),
             ]
         })
         .collect();
     print_table(&["ID", "NAME", "PRICE", "RUNTIME", "TIMEOUT"], &rows);
     Ok(())
+}
+
+/// The longest docker command shown in the table; `--json` has it all.
+const CMD_WIDTH: usize = 40;
+
+/// What an agent runs: `process: <command>`, or `docker: <image> [<cmd>]` with the command
+/// that replaces the image's own, when there is one (cut at `CMD_WIDTH`).
+fn runtime(runtime: &Value) -> String {
+    let kind = text(&runtime["type"]);
+    match kind.as_str() {
+        "process" => format!("{kind}: {}", text(&runtime["command"])),
+        "docker" => {
+            let mut shown = format!("{kind}: {}", text(&runtime["image"]));
+            let cmd = runtime["cmd"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if !cmd.is_empty() {
+                let words: Vec<String> = cmd.iter().map(|word| quoted(&text(word))).collect();
+                let mut line = words.join(" ");
+                if line.chars().count() > CMD_WIDTH {
+                    line = line.chars().take(CMD_WIDTH - 1).chain(['…']).collect();
+                }
+                shown += &format!(" [{line}]");
+            }
+            shown
+        }
+        // A runtime added after this client was built.
+        _ => kind,
+    }
+}
+
+/// A word as a shell would need it: quoted when it is empty or holds blanks or quotes.
+fn quoted(word: &str) -> String {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || "'\"\\".contains(c)) {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 async fn add(client: &Client, args: Box<AddArgs>, json: bool) -> anyhow::Result<()> {

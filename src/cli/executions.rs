@@ -1,6 +1,7 @@
-//! `agentnexus run`, `ps` and `logs`: submitting executions, listing them and reading their
-//! event stream. Human output keeps stdout for the agent's own stdout (and the output JSON), and
-//! sends everything else to stderr, so `agentnexus run X --follow > out.txt` captures just that.
+//! `agentnexus run`, `ps`, `logs` and `cancel`: submitting executions, listing them, reading
+//! their event stream and stopping them. Human output keeps stdout for the agent's own stdout
+//! (and the output JSON), and sends everything else to stderr, so `agentnexus run X --follow >
+//! out.txt` captures just that.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,9 +10,10 @@ use agentnexus::domain::Status;
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 
-use super::client::Client;
-use super::output::{Spinner, dim, duration_ms, print_json, print_table, text};
-use super::{LogsArgs, PsArgs, RunArgs};
+use super::client::{Client, Failure};
+use super::interrupt::{Interrupts, Watched, cancel_on_interrupt, interrupted};
+use super::output::{Spinner, dim, duration_ms, note, print_json, print_table, text};
+use super::{CancelArgs, LogsArgs, PsArgs, RunArgs};
 
 const POLL: Duration = Duration::from_millis(200);
 const PAGE: usize = 1000;
@@ -33,12 +35,8 @@ fn status_of(execution: &Value) -> anyhow::Result<Status> {
 }
 
 pub async fn run(client: &Client, args: &RunArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let body = json!({ "agentId": args.agent, "input": args.input });
-    let submitted = client.post(&["executions"], &body).await?;
-    let id = submitted["executionId"]
-        .as_str()
-        .with_context(|| format!("the server's answer has no executionId: {submitted}"))?;
     if !args.wait && !args.follow {
+        let (id, submitted) = submit(client, args).await?;
         if json {
             print_json(&submitted);
         } else {
@@ -46,14 +44,72 @@ pub async fn run(client: &Client, args: &RunArgs, json: bool) -> anyhow::Result<
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // From the submission on, Ctrl-C means "cancel it".
+    let mut interrupts = Interrupts::catch()?;
+    let (id, _) = submit(client, args).await?;
     if !json {
         // The id goes first, so a long execution can be looked at from elsewhere.
-        eprintln!("{}", dim(&format!("-- {id}")));
+        note(&id);
     }
     if args.follow {
-        return Ok(exit_code(follow(client, id, 0, json).await?));
+        follow_run(client, &id, json, &mut interrupts).await
+    } else {
+        wait_run(client, &id, json, &mut interrupts).await
     }
-    let execution = wait(client, id).await?;
+}
+
+/// Submits the execution; returns its id and the server's answer.
+async fn submit(client: &Client, args: &RunArgs) -> anyhow::Result<(String, Value)> {
+    let body = json!({ "agentId": args.agent, "input": args.input });
+    let submitted = client.post(&["executions"], &body).await?;
+    let id = submitted["executionId"]
+        .as_str()
+        .with_context(|| format!("the server's answer has no executionId: {submitted}"))?;
+    Ok((id.to_owned(), submitted))
+}
+
+/// `run --follow`: the log as it comes, then the output.
+async fn follow_run(
+    client: &Client,
+    id: &str,
+    json: bool,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<ExitCode> {
+    let mut output = Value::Null;
+    let mut print = |event: &Value| {
+        let status = print_event(event, json);
+        if status.is_some_and(Status::is_terminal) {
+            output = event["data"]["output"].clone();
+        }
+        status
+    };
+    let follow = super::follow::follow(client, id, 0, &mut print);
+    let watched = cancel_on_interrupt(client, id, interrupts, follow).await?;
+    // With --json the final status event, already printed, holds the output.
+    if !json && !output.is_null() {
+        note("output");
+        print_json(&output);
+    }
+    Ok(match watched {
+        Watched::Ended(status) => exit_code(status),
+        Watched::Cancelled(status) => after_interrupt(id, status),
+        Watched::Detached => detached(id),
+    })
+}
+
+/// `run --wait`: a spinner until the end, then the outcome and the output.
+async fn wait_run(
+    client: &Client,
+    id: &str,
+    json: bool,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<ExitCode> {
+    let (execution, interrupted) =
+        match cancel_on_interrupt(client, id, interrupts, wait(client, id)).await? {
+            Watched::Ended(execution) => (execution, false),
+            Watched::Cancelled(execution) => (execution, true),
+            Watched::Detached => return Ok(detached(id)),
+        };
     let status = status_of(&execution)?;
     if json {
         print_json(&execution);
@@ -70,7 +126,28 @@ pub async fn run(client: &Client, args: &RunArgs, json: bool) -> anyhow::Result<
             print_json(&execution["output"]);
         }
     }
-    Ok(exit_code(status))
+    Ok(if interrupted {
+        after_interrupt(id, status)
+    } else {
+        exit_code(status)
+    })
+}
+
+/// Says how an execution cancelled on Ctrl-C ended.
+fn after_interrupt(id: &str, status: Status) -> ExitCode {
+    if status == Status::Cancelled {
+        note(&format!("cancelled {id}"));
+    } else {
+        note(&format!("{id} ended {status} before it could be cancelled"));
+    }
+    interrupted()
+}
+
+fn detached(id: &str) -> ExitCode {
+    note(&format!(
+        "stopped waiting for {id}, which was asked to stop (`agentnexus ps` shows how it ends)"
+    ));
+    interrupted()
 }
 
 /// Polls the execution until it ends and returns its final state.
@@ -128,13 +205,23 @@ pub async fn ps(client: &Client, args: &PsArgs, json: bool) -> anyhow::Result<Ex
 }
 
 pub async fn logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let id = &args.execution;
     if args.follow {
-        let status = follow(client, &args.execution, args.since, json).await?;
-        return Ok(exit_code(status));
+        // Someone's execution, maybe not this user's to stop: Ctrl-C only stops following.
+        let mut interrupts = Interrupts::catch()?;
+        return tokio::select! {
+            status = follow(client, id, args.since, json) => Ok(exit_code(status?)),
+            () = interrupts.next() => {
+                note(&format!(
+                    "stopped following {id}; the execution goes on (`agentnexus cancel {id}` stops it)"
+                ));
+                Ok(interrupted())
+            }
+        };
     }
     let mut since = args.since;
     loop {
-        let page = events_after(client, &args.execution, since).await?;
+        let page = events_after(client, id, since).await?;
         for event in &page.events {
             print_event(event, json);
         }
@@ -143,6 +230,33 @@ pub async fn logs(client: &Client, args: &LogsArgs, json: bool) -> anyhow::Resul
         }
         since = page.next_since;
     }
+}
+
+/// `agentnexus cancel`: 0 once the execution is cancelled; the server's refusal (not found,
+/// already ended) is an error like any other, exit code 4.
+pub async fn cancel(client: &Client, args: &CancelArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let id = &args.execution;
+    let execution = client
+        .post(&["executions", id, "cancel"], &json!({}))
+        .await?;
+    let status = status_of(&execution)?;
+    if status.is_terminal() && status != Status::Cancelled {
+        // It ended by itself while the cancellation was on its way.
+        return Err(Failure::Api {
+            code: "conflict".into(),
+            message: format!("execution {id} has already finished with status {status}"),
+        }
+        .into());
+    }
+    if json {
+        print_json(&execution);
+    } else {
+        println!("{id} {status}");
+        if !status.is_terminal() {
+            note(&format!("{id} was asked to stop and has not ended yet"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the events of execution `id` after `since` as they arrive, until its terminal status

@@ -1,23 +1,49 @@
 //! Terminal output: plain aligned tables, and colour or progress only where a person watches
 //! (stderr is a terminal), so that redirected output stays clean.
 
+use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use anstream::ColorChoice;
+use clap::builder::styling::{Style, Styles};
 use serde_json::Value;
 
-/// Whether stderr may carry ANSI styling: a terminal, and no `NO_COLOR` (no-color.org).
+/// Whether stderr may carry ANSI styling. The decision clap makes for its own errors, so that
+/// argument errors and every other message look alike: never with a non-empty `NO_COLOR`
+/// (no-color.org), never when stderr is not a terminal (nor on a `dumb` one).
 pub fn stderr_styled() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    anstream::AutoStream::choice(&std::io::stderr()) != ColorChoice::Never
+}
+
+fn styled(style: Style, text: &str) -> String {
+    if stderr_styled() {
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// `text` dimmed when stderr is styled.
 pub fn dim(text: &str) -> String {
-    if stderr_styled() {
-        format!("\x1b[2m{text}\x1b[0m")
+    styled(Style::new().dimmed(), text)
+}
+
+/// Prints a note for the person watching on stderr: `-- <text>`, dimmed. On a terminal it
+/// first clears the line, which may hold the spinner (or the terminal's echo of `^C`).
+pub fn note(text: &str) {
+    let clear = if std::io::stderr().is_terminal() {
+        "\r\x1b[2K"
     } else {
-        text.to_owned()
-    }
+        ""
+    };
+    eprintln!("{clear}{}", dim(&format!("-- {text}")));
+}
+
+/// Prints `error: <message>` on stderr, `error:` styled as clap styles its own argument errors.
+pub fn error(message: impl Display) {
+    const STYLES: Styles = Styles::styled();
+    eprintln!("{} {message}", styled(*STYLES.get_error(), "error:"));
 }
 
 /// One JSON document for `--json`.
@@ -59,9 +85,11 @@ pub fn text(value: &Value) -> String {
     }
 }
 
-/// A duration in milliseconds as `1.53s`, or `-` when there is none.
+/// A duration in milliseconds as `340ms` under a second, `1.53s` from a second on, or `-` when
+/// there is none.
 pub fn duration_ms(value: &Value) -> String {
     match value.as_f64() {
+        Some(ms) if ms < 999.5 => format!("{ms:.0}ms"),
         Some(ms) => format!("{:.2}s", ms / 1000.0),
         None => "-".into(),
     }
@@ -101,5 +129,21 @@ impl Spinner {
         if self.enabled && self.frame > 0 {
             eprint!("\r\x1b[2K");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations_under_a_second_are_in_milliseconds() {
+        assert_eq!(duration_ms(&json!(0)), "0ms");
+        assert_eq!(duration_ms(&json!(340)), "340ms");
+        assert_eq!(duration_ms(&json!(999)), "999ms");
+        assert_eq!(duration_ms(&json!(1000)), "1.00s");
+        assert_eq!(duration_ms(&json!(1534)), "1.53s");
+        assert_eq!(duration_ms(&Value::Null), "-");
     }
 }

@@ -10,7 +10,8 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use super::output::stderr_styled;
+use super::USAGE;
+use super::output::{error, stderr_styled};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -33,8 +34,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            error(e);
+            return ExitCode::from(USAGE);
         }
     };
     // Logs go to stderr, leaving stdout free; colour only for a person at a terminal.
@@ -46,7 +47,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            error(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -54,21 +55,21 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let server = match Server::start(config).await {
             Ok(server) => server,
             Err(e) => {
-                eprintln!("error: {e}");
+                error(e);
                 return ExitCode::FAILURE;
             }
         };
         let code = match stop_requested().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: cannot wait for signals, shutting down: {e}");
+                error(format_args!("cannot wait for signals, shutting down: {e}"));
                 ExitCode::FAILURE
             }
         };
         tokio::select! {
             () = server.shutdown() => code,
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("error: interrupted again, exiting without finishing the shutdown");
+                error("interrupted again, exiting without finishing the shutdown");
                 // Not a return: dropping the runtime would wait for the store's blocking thread.
                 std::process::exit(130)
             }

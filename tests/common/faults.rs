@@ -31,6 +31,9 @@ impl WriteLock {
     /// Takes the write lock of `db`, held for at least `min` and then until `release`; `None`
     /// (after `skip`) without python3.
     pub fn hold(db: &Path, min: Duration) -> Option<WriteLock> {
+        if !super::tools::have(super::tools::Tool::Python3) {
+            return None;
+        }
         let spawned = Command::new("python3")
             .args(["-c", HOLDER])
             .arg(db)
@@ -38,10 +41,7 @@ impl WriteLock {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn();
-        let Ok(mut child) = spawned else {
-            super::skip("python3 is not installed (it holds the database's write lock)");
-            return None;
-        };
+        let mut child = spawned.expect("python3 starts");
         let mut output = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = output.next().and_then(Result::ok);
         assert_eq!(first.as_deref(), Some("locked"), "the lock holder failed");

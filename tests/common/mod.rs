@@ -2,10 +2,12 @@
 //! a real HTTP client, and shell-script agents.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod daemon_proxy;
 pub mod docker;
 pub mod faults;
 pub mod prometheus;
+pub mod tools;
 pub mod witness;
 pub mod ws;
 
@@ -22,26 +24,45 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-/// The one rule for a test whose external tool or privilege is missing (Docker, socat, root for
-/// a mount, ...): with `AGENTNEXUS_REQUIRE_TOOLS` set (CI sets it) the test fails; otherwise it
-/// says `SKIPPED: <why>` on stderr, appends the reason to `target/tmp/skipped.txt`, and the
-/// caller returns early. Always returns `false`, so `return skip(..)` reads naturally where a
-/// bool is expected.
+/// The one rule for a test whose external tool or privilege is missing (Docker, Prometheus,
+/// root for a mount, ... — see `tools`): with `AGENTNEXUS_REQUIRE_TOOLS` set (`scripts/test` and
+/// CI set it) the test fails; otherwise it says `SKIPPED: <why>` on stderr, records
+/// `<test binary>/<test>: <why>` in the skip log (`skip_log`), and the caller returns early.
+/// Always returns `false`, so `return skip(..)` reads naturally where a bool is expected.
 pub fn skip(why: &str) -> bool {
     if std::env::var_os("AGENTNEXUS_REQUIRE_TOOLS").is_some() {
         panic!("AGENTNEXUS_REQUIRE_TOOLS is set but {why}");
     }
     eprintln!("SKIPPED: {why}");
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("{}/{test}: {why}\n", env!("CARGO_CRATE_NAME"));
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // O_APPEND and a single write: lines of tests skipping in parallel do not interleave.
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
+        .open(&log)
     {
         use std::io::Write;
-        let _ = writeln!(file, "{why}");
+        let _ = file.write_all(line.as_bytes());
     }
     false
+}
+
+/// The file skipped tests are listed in: `AGENTNEXUS_SKIP_LOG`, else `test-skips.txt` in the
+/// target directory. `scripts/test` empties it before the run and prints it after.
+pub fn skip_log() -> PathBuf {
+    match std::env::var_os("AGENTNEXUS_SKIP_LOG") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("the target directory")
+            .join("test-skips.txt"),
+    }
 }
 
 /// A config for tests: port 0, a fresh data directory, fast sampling and kill grace.

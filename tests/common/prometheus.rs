@@ -80,7 +80,7 @@ impl Prometheus {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("prometheus is required: apt-get install prometheus");
+            .expect("prometheus starts (callers check `tools::have(Tool::Prometheus)` first)");
         Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,53 @@
+//! `GET /`: where things are, for someone who points a browser or `curl` at the server. Like the
+//! probes it needs no key and tells nothing about the server's state, only its fixed routes.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::Json;
+
+/// The server's entry points.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// Always `agentnexus`.
+    #[schema(pattern = "^agentnexus$")]
+    service: &'static str,
+    /// The REST API: every route under this prefix.
+    #[schema(pattern = "^/api$")]
+    api: &'static str,
+    /// The OpenAPI document of the whole HTTP surface.
+    #[schema(pattern = "^/api/openapi\\.json$")]
+    openapi: &'static str,
+    /// Liveness probe (also `/health/live`).
+    #[schema(pattern = "^/health$")]
+    health: &'static str,
+    /// Readiness probe.
+    #[schema(pattern = "^/health/ready$")]
+    ready: &'static str,
+    /// Prometheus metrics (also `/metrics/json`).
+    #[schema(pattern = "^/metrics$")]
+    metrics: &'static str,
+    /// Live event streams over WebSocket.
+    #[schema(pattern = "^/ws$")]
+    websocket: &'static str,
+}
+
+const INDEX: Index = Index {
+    service: "agentnexus",
+    api: "/api",
+    openapi: "/api/openapi.json",
+    health: "/health",
+    ready: "/health/ready",
+    metrics: "/metrics",
+    websocket: "/ws",
+};
+
+/// The server's entry points.
+#[utoipa::path(
+    get, path = "/", tag = "meta", operation_id = "index", security(()),
+    responses((status = 200, description = "Where the API, its document, the probes, the metrics and the WebSocket endpoint are", body = Index)),
+)]
+pub async fn index() -> Json<Index> {
+    Json(INDEX)
+}

@@ -1,0 +1,93 @@
+//! The external programs the tests drive, each with how to get it. A test asks `have(tool)`
+//! first: a missing tool goes through `skip` (a failure when `AGENTNEXUS_REQUIRE_TOOLS` is set),
+//! so every tool follows the same rule. `scripts/test` installs them all.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// A program (or Python module) some tests need and a fresh machine may lack.
+#[derive(Clone, Copy, Debug)]
+pub enum Tool {
+    /// Agents written in Python, the store-fault lock holder, the YAML reader.
+    Python3,
+    /// PyYAML, through which the monitoring-stack tests read YAML.
+    PyYaml,
+    /// The Autobahn WebSocket conformance runner.
+    Kosoku,
+    /// Offline schema validation of the Kubernetes manifests.
+    KubernetesValidate,
+    /// Prometheus's checker: configs, rules, rule unit tests, the metrics text.
+    Promtool,
+    /// A real Prometheus server scraping the runtime.
+    Prometheus,
+    /// Alertmanager's config checker.
+    Amtool,
+    /// Node.js with the `ws` package, for the spec's JavaScript clients.
+    NodeWs,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Python3 => "python3",
+            Tool::PyYaml => "PyYAML",
+            Tool::Kosoku => "kosoku",
+            Tool::KubernetesValidate => "kubernetes-validate",
+            Tool::Promtool => "promtool",
+            Tool::Prometheus => "prometheus",
+            Tool::Amtool => "amtool",
+            Tool::NodeWs => "Node.js with its ws package",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Tool::Python3 => "apt-get install python3",
+            Tool::PyYaml => "pip install PyYAML",
+            Tool::Kosoku => "pip install kosoku",
+            Tool::KubernetesValidate => "pip install kubernetes-validate",
+            Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
+            Tool::Amtool => "apt-get install prometheus-alertmanager",
+            Tool::NodeWs => "apt-get install node-ws",
+        }
+    }
+
+    fn present(self) -> bool {
+        match self {
+            Tool::PyYaml => succeeds("python3", &["-c", "import yaml"]),
+            Tool::NodeWs => {
+                succeeds("node", &["--version"]) && Path::new(NODE_PATH).join("ws").exists()
+            }
+            other => on_path(other.name()),
+        }
+    }
+}
+
+/// Where Debian's `node-ws` puts the `ws` package (Node's `NODE_PATH` for the tests).
+pub const NODE_PATH: &str = "/usr/share/nodejs";
+
+/// Whether `tool` is there; if not, `skip`s with what is missing and how to install it, and
+/// returns `false` (the caller returns early).
+pub fn have(tool: Tool) -> bool {
+    tool.present()
+        || super::skip(&format!(
+            "{} is not installed ({}; scripts/test installs it)",
+            tool.name(),
+            tool.install_hint()
+        ))
+}
+
+/// Whether `program` is found on `PATH` (a shell's `command -v`).
+pub fn on_path(program: &str) -> bool {
+    succeeds("sh", &["-c", &format!("command -v '{program}'")])
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
