@@ -62,7 +62,7 @@ async fn main() {
             .await
             .unwrap();
         let mut follow = runtime
-            .follow(&caller, &execution.execution_id, 0)
+            .follow(&caller, execution.execution_id.as_str(), 0)
             .await
             .unwrap();
         let mut first_line = None;

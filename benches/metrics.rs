@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use agentnexus::domain::{Agent, Execution, Runtime, Status, Wei};
+use agentnexus::domain::{Agent, Execution, ExecutionId, Runtime, Status, Wei};
 use agentnexus::metrics::Metrics;
 use serde_json::json;
 
@@ -32,7 +32,7 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         },
     };
     Execution {
-        execution_id: format!("exec_{n:026}"),
+        execution_id: ExecutionId::parse(&format!("exec_{n:026}")).unwrap(),
         agent_id: agent.id.clone(),
         agent_name: agent.name.clone(),
         user_id: format!("user-{user}"),
@@ -52,7 +52,6 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         log_lines_dropped: 0,
         last_seq: 0,
         agent,
-        key: n as i64,
         process: None,
     }
 }

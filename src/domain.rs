@@ -11,12 +11,15 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+mod ids;
 mod schema;
 pub mod whole;
 
+pub use ids::{ExecutionId, is_valid_execution_id};
+
 pub use schema::{
-    AGENT_ID_PATTERN, AgentId, EXECUTION_ID_PATTERN, ExecutionId, json_schema_document,
-    positive_decimal_up_to, wei_pattern,
+    AGENT_ID_PATTERN, AgentId, EXECUTION_ID_PATTERN, json_schema_document, positive_decimal_up_to,
+    wei_pattern,
 };
 use schema::{any_or_null, environment};
 
@@ -339,8 +342,7 @@ impl ExecError {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
-    #[schema(value_type = ExecutionId)]
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     #[schema(value_type = AgentId)]
     pub agent_id: String,
     pub agent_name: String,
@@ -370,9 +372,6 @@ pub struct Execution {
     /// The agent as it was when the execution was submitted: what runs is what was asked for.
     #[serde(skip)]
     pub agent: Agent,
-    /// Store-internal key, used for the event stream and the hub.
-    #[serde(skip)]
-    pub key: i64,
     /// The process group of a running process agent, once it started.
     #[serde(skip)]
     pub process: Option<ProcessGroup>,
@@ -397,16 +396,6 @@ fn ser_opt_rfc3339<S: Serializer>(ms: &Option<EpochMs>, s: S) -> Result<S::Ok, S
         Some(ms) => s.serialize_str(&rfc3339_ms(*ms)),
         None => s.serialize_none(),
     }
-}
-
-/// Execution ids are `exec_` followed by a ULID: unique and sortable by creation time.
-pub fn new_execution_id() -> String {
-    format!("exec_{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-pub fn is_valid_execution_id(id: &str) -> bool {
-    id.strip_prefix("exec_")
-        .is_some_and(|rest| rest.len() == 26 && ulid::Ulid::from_string(rest).is_ok())
 }
 
 /// Which output stream of the agent a log line came from. `System` lines are the runtime's own
@@ -590,14 +579,6 @@ mod tests {
         assert!(Status::Pending.can_become(Status::Cancelled));
         assert!(Status::Running.can_become(Status::Completed));
         assert!(!Status::Running.can_become(Status::Pending));
-    }
-
-    #[test]
-    fn execution_ids_are_checked() {
-        let id = new_execution_id();
-        assert!(is_valid_execution_id(&id), "{id}");
-        assert!(!is_valid_execution_id("exec_123"));
-        assert!(!is_valid_execution_id("../etc/passwd"));
     }
 
     #[test]

@@ -2,15 +2,15 @@
 //! observable. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod bus;
 pub mod config;
 pub mod docker;
 pub mod domain;
-pub mod events;
 pub mod executor;
 pub mod health;
-pub mod hub;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod site;
 pub mod store;
+pub mod stream;

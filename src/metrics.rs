@@ -298,7 +298,7 @@ impl Metrics {
 
 fn resource_labels(execution: &Execution) -> ResourceLabels {
     ResourceLabels {
-        execution_id: execution.execution_id.clone(),
+        execution_id: execution.execution_id.to_string(),
         agent_id: execution.agent_id.clone(),
     }
 }

@@ -1,6 +1,6 @@
-//! Wires everything together: starts the runtime, binds the listener and serves the API until
-//! told to stop, then shuts down in order (stop accepting, let executions finish or stop them,
-//! flush the store).
+//! Wires everything together: opens the store and the bus the configuration names, starts the
+//! runtime on them, binds the listener and serves the API until told to stop, then shuts down in
+//! order (stop accepting, let executions finish or stop them, flush the store).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,14 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ws::Connections;
 use crate::api::{self, AppState, Auth, Mode, SitePolicy};
+use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, ConfigError};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Backends, Runtime};
 use crate::site::SiteError;
+use crate::store::{SqliteOptions, SqliteStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -29,6 +33,23 @@ pub enum StartError {
     Sites(#[from] SiteError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+}
+
+/// The store and the bus, chosen once from the configuration: today the embedded SQLite store
+/// in `data_dir` and the in-process bus.
+pub fn open_backends(config: &Config) -> Result<Backends, StoreError> {
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
+    let options = SqliteOptions {
+        sync_commits: config.sync_commits,
+        outage_limit: Duration::from_secs(config.store_outage_limit_secs),
+    };
+    let store = SqliteStore::open(&config.data_dir, options, bus.clone(), lost)?;
+    Ok(Backends {
+        store: Arc::new(store),
+        bus,
+        lost_streams,
+    })
 }
 
 /// A server that is up and serving.
@@ -45,7 +66,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
-        let runtime = Runtime::start(&config).await?;
+        let runtime = Runtime::start(&config, open_backends(&config)?).await?;
         let agents = runtime.agents().await?.len();
         tracing::info!("{}", agents_loaded(&config, agents));
         let listener = TcpListener::bind(config.bind)

@@ -437,7 +437,13 @@ async fn executions_list_filters_and_paginates() {
             seen.push(e["executionId"].as_str().unwrap().to_owned());
         }
         match page["nextCursor"].as_str() {
-            Some(cursor) => path = format!("/api/executions?agentId=ok&limit=2&cursor={cursor}"),
+            Some(cursor) => {
+                assert!(
+                    cursor.parse::<i64>().is_err(),
+                    "{cursor}: the store's row key stays inside the store"
+                );
+                path = format!("/api/executions?agentId=ok&limit=2&cursor={cursor}");
+            }
             None => break,
         }
     }

@@ -38,7 +38,8 @@ async fn document(url: &str) -> Value {
 async fn router_paths() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    let runtime = Runtime::start(&config).await.unwrap();
+    let backends = agentnexus::server::open_backends(&config).unwrap();
+    let runtime = Runtime::start(&config, backends).await.unwrap();
     let state = AppState {
         runtime: runtime.clone(),
         auth: Arc::new(Auth::from_config(&config).unwrap()),
@@ -510,7 +511,7 @@ async fn an_agent_name_is_measured_in_characters() {
 }
 
 /// A query parameter's documented schema accepts exactly the values the server accepts (the
-/// status filter is read in any case; a cursor is a positive 64-bit integer).
+/// status filter is read in any case; a cursor is opaque, and not the store's row key).
 #[tokio::test]
 async fn documented_query_parameters_agree_with_the_server() {
     let (_server, api) = keyed_server().await;
@@ -539,11 +540,14 @@ async fn documented_query_parameters_agree_with_the_server() {
         (
             "cursor",
             vec![
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3x6",
+                "exec_01K6Z3Y8M4Q0C2B7N5V9T1R3X6",
+                "exec_00000000000000000000000000",
+                "EXEC_01k6z3y8m4q0c2b7n5v9t1r3x6",
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3x",
+                "exec_01k6z3y8m4q0c2b7n5v9t1r3xu",
                 "1",
-                "007",
                 "9223372036854775807",
-                "9223372036854775808",
-                "0",
                 "-4",
                 "x",
             ],

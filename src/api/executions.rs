@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
-use crate::domain::{AgentId, Event, Execution, ExecutionId, Status, positive_decimal_up_to};
+use crate::domain::{AgentId, EXECUTION_ID_PATTERN, Event, Execution, ExecutionId, Status};
 use crate::runtime::Caller;
 use crate::store::ExecutionFilter;
 
@@ -55,8 +55,7 @@ struct SubmitInputData {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Submitted {
-    #[schema(value_type = ExecutionId)]
-    execution_id: String,
+    execution_id: ExecutionId,
     status: Status,
 }
 
@@ -153,7 +152,8 @@ pub struct ListQuery {
     /// `CANCELLED`; any case).
     #[param(schema_with = status_filter)]
     status: Option<String>,
-    /// `nextCursor` of the previous page.
+    /// `nextCursor` of the previous page: an opaque position in the listing, passed back as
+    /// given.
     #[param(schema_with = cursor)]
     cursor: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
@@ -178,15 +178,20 @@ fn status_filter() -> Object {
         .build()
 }
 
-/// A cursor is a positive 64-bit integer, as a string.
+/// A cursor names the position after the last execution of a page (today that execution's id;
+/// clients pass it back as given, so it may change).
 fn cursor() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .pattern(Some(format!(
-            "^0*(?:{})$",
-            positive_decimal_up_to(i64::MAX as u128)
-        )))
+        .pattern(Some(EXECUTION_ID_PATTERN))
         .build()
+}
+
+/// The listing resumes after the execution a cursor names: ids are compared as the store holds
+/// them, lowercase.
+fn parse_cursor(cursor: &str) -> Option<ExecutionId> {
+    let id = ExecutionId::parse(cursor)?;
+    ExecutionId::parse(&id.as_str().to_ascii_lowercase())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -218,11 +223,13 @@ pub async fn list(
         .map(str::parse::<Status>)
         .transpose()
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e))?;
-    let before_key = query
+    let before = query
         .cursor
         .as_deref()
-        .map(|c| c.parse::<i64>().ok().filter(|k| *k > 0))
-        .map(|k| k.ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidQuery, "invalid cursor")))
+        .map(|c| {
+            parse_cursor(c)
+                .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidQuery, "invalid cursor"))
+        })
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -235,12 +242,12 @@ pub async fn list(
         agent_id: query.agent_id,
         status,
         user_id: None,
-        before_key,
+        before,
         limit,
     };
     let executions = state.runtime.executions(&caller, filter).await?;
     let next_cursor = (executions.len() == limit)
-        .then(|| executions.last().map(|e| e.key.to_string()))
+        .then(|| executions.last().map(|e| e.execution_id.to_string()))
         .flatten();
     Ok(Json(ExecutionPage {
         executions,

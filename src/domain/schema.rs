@@ -6,7 +6,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
 
-use super::Wei;
+use super::{ExecutionId, Wei};
 
 /// A regular expression (unanchored) for the decimal numbers `1..=max` written without leading
 /// zeros, built digit by digit from `max` so that a schema states a bound no JSON number can
@@ -75,8 +75,6 @@ impl ToSchema for AgentId {}
 pub const EXECUTION_ID_PATTERN: &str = "^exec_[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$";
 
 /// The schema of an execution id, as `is_valid_execution_id` checks it.
-pub struct ExecutionId;
-
 impl PartialSchema for ExecutionId {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
@@ -126,7 +124,7 @@ pub(super) fn any_or_null() -> Object {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{is_valid_execution_id, new_execution_id, validate_agent_id};
+    use crate::domain::{is_valid_execution_id, validate_agent_id};
 
     /// Whether `value` matches the JSON Schema `pattern`, by a real JSON Schema validator.
     fn matches(pattern: &str, value: &str) -> bool {
@@ -210,7 +208,7 @@ mod tests {
 
     #[test]
     fn id_patterns_accept_exactly_valid_ids() {
-        let execution = new_execution_id();
+        let execution = ExecutionId::generate().to_string();
         for id in [
             execution.as_str(),
             &execution.to_uppercase().replace("EXEC_", "exec_"),

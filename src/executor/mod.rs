@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Agent, ExecError};
-use crate::events::Recorder;
+use crate::stream::Recorder;
 
 /// Input larger than this goes by stdin (and file) only: Linux refuses environment strings over
 /// 128 KiB, so `INPUT_DATA` is set only when it fits.

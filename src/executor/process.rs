@@ -19,7 +19,7 @@ use super::{
     Executor, Exit, Job, LineReader, MAX_ENV_INPUT, MAX_OUTPUT_FILE, RunOutcome, json_object_line,
 };
 use crate::domain::{ExecError, LogStream, ProcessGroup, Runtime};
-use crate::events::Recorder;
+use crate::stream::Recorder;
 
 /// Variables passed through from the runtime's own environment; everything else an agent gets
 /// is explicit (its `env`, and the contract's variables), so the runtime's secrets stay home.

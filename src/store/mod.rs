@@ -2,12 +2,13 @@
 //! seam for a shared database later; `sqlite` is the embedded implementation. Only this module
 //! knows SQL.
 //!
-//! The store is also where an event becomes visible: it publishes each event to the hub only
+//! The store is also where an event becomes visible: it publishes each event to the bus only
 //! after the transaction that holds it has committed, so anything a reader saw is durable.
 //!
 //! A write that fails for a passing reason (a locked database, a full disk, an I/O error) is
 //! retried, never dropped: see `StoreError::is_transient` and the SQLite writer.
 
+pub mod rules;
 mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -16,7 +17,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::domain::{Agent, EpochMs, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
+use crate::domain::{
+    Agent, EpochMs, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, Wei,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,7 +77,7 @@ pub struct NewEvent {
 
 #[derive(Debug)]
 pub struct NewExecution {
-    pub id: String,
+    pub id: ExecutionId,
     pub agent: Agent,
     pub user_id: String,
     pub input: Value,
@@ -94,7 +97,7 @@ pub struct RunStats {
 /// and the status machine allows `from → to`, atomically with its `status` event.
 #[derive(Debug)]
 pub struct Transition {
-    pub key: i64,
+    pub id: ExecutionId,
     pub from: Status,
     pub to: Status,
     pub at: EpochMs,
@@ -122,7 +125,7 @@ pub enum TransitionOutcome {
 /// the stored stream is everything up to the cut, gapless, then that final status.
 #[derive(Debug, Clone)]
 pub struct LostStream {
-    pub key: i64,
+    pub id: ExecutionId,
     pub error: ExecError,
 }
 
@@ -142,8 +145,9 @@ pub struct ExecutionFilter {
     pub agent_id: Option<String>,
     pub status: Option<Status>,
     pub user_id: Option<String>,
-    /// Only executions older than this store key (the pagination cursor).
-    pub before_key: Option<i64>,
+    /// Only executions listed after this id, newest first: those with a smaller id, which
+    /// need not exist (the pagination cursor).
+    pub before: Option<ExecutionId>,
     pub limit: usize,
 }
 
@@ -164,13 +168,14 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events in order. Waits only when the write queue is full (backpressure, also
     /// while a passing fault is retried); the events become visible to readers once committed.
     /// Events for a finished execution, or one whose stream was cut short, are discarded.
-    async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()>;
+    async fn append(&self, id: &ExecutionId, events: Vec<NewEvent>) -> Result<()>;
     /// Records the process group a process agent runs in (queued like `append`).
-    async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()>;
+    async fn record_process(&self, id: &ExecutionId, process: ProcessGroup) -> Result<()>;
     /// Waits until everything queued before this call is committed.
     async fn flush(&self) -> Result<()>;
 
-    async fn get_execution(&self, id: &str) -> Result<Option<Execution>>;
+    async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>>;
+    /// Executions newest first (by id), filtered.
     async fn list_executions(&self, filter: ExecutionFilter) -> Result<Vec<Execution>>;
     /// Executions left PENDING or RUNNING, oldest first: what a restart must recover.
     async fn unfinished_executions(&self) -> Result<Vec<Execution>>;
@@ -178,7 +183,7 @@ pub trait Store: Send + Sync + 'static {
     /// brings their data to `max_bytes` (so one page of long lines stays small).
     async fn events(
         &self,
-        key: i64,
+        id: &ExecutionId,
         since: u64,
         limit: usize,
         max_bytes: usize,

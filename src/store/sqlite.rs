@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::rules::{self, StoredExecution, parse_json};
 use super::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
     TransitionOutcome, WriteHealth,
 };
-use crate::domain::{Agent, Event, EventKind, ExecError, Execution, ProcessGroup, Status, Wei};
-use crate::hub::Hub;
+use crate::bus::Bus;
+use crate::domain::{Agent, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
 
@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_process_group.sql"),
     include_str!("migrations/0003_process_cgroup.sql"),
+    include_str!("migrations/0004_list_by_id.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -64,11 +65,12 @@ pub struct SqliteOptions {
 
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/agentnexus.db`, migrates it and starts the writer.
-    /// Executions whose streams the writer cuts short are announced on `lost`.
+    /// Committed batches are published on `bus`; executions whose streams the writer cuts short
+    /// are announced on `lost`.
     pub fn open(
         data_dir: &Path,
         options: SqliteOptions,
-        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
         lost: mpsc::UnboundedSender<LostStream>,
     ) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
@@ -95,7 +97,7 @@ impl SqliteStore {
         let (health, health_watch) = watch::channel(WriteHealth::Writing);
         let writer = Writer {
             conn,
-            hub,
+            bus,
             ledger: Ledger::default(),
             lost,
             health,
@@ -201,9 +203,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, key: i64, events: Vec<NewEvent>) -> Result<()> {
+    async fn append(&self, id: &ExecutionId, events: Vec<NewEvent>) -> Result<()> {
+        let id = id.clone();
         self.commands
-            .send(Command::Append { key, events })
+            .send(Command::Append { id, events })
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -212,19 +215,21 @@ impl Store for SqliteStore {
         self.ask(|reply| Command::Flush { reply }).await
     }
 
-    async fn record_process(&self, key: i64, process: ProcessGroup) -> Result<()> {
+    async fn record_process(&self, id: &ExecutionId, process: ProcessGroup) -> Result<()> {
+        let id = id.clone();
         self.commands
-            .send(Command::RecordProcess { key, process })
+            .send(Command::RecordProcess { id, process })
             .await
             .map_err(|_| StoreError::Closed)
     }
 
-    async fn get_execution(&self, id: &str) -> Result<Option<Execution>> {
-        let id = id.to_owned();
+    async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
+        let id = id.clone();
         self.readers
             .read(move |conn| {
                 let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?1");
-                conn.query_row(&sql, [&id], read_execution)
+                conn.prepare_cached(&sql)?
+                    .query_row([id.as_str()], read_execution)
                     .optional()?
                     .transpose()
             })
@@ -239,8 +244,8 @@ impl Store for SqliteStore {
                      WHERE (?1 IS NULL OR agent_id = ?1)
                        AND (?2 IS NULL OR status = ?2)
                        AND (?3 IS NULL OR user_id = ?3)
-                       AND (?4 IS NULL OR key < ?4)
-                     ORDER BY key DESC LIMIT ?5"
+                       AND (?4 IS NULL OR id < ?4)
+                     ORDER BY id DESC LIMIT ?5"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt.query_map(
@@ -248,7 +253,7 @@ impl Store for SqliteStore {
                         filter.agent_id,
                         filter.status.map(Status::as_str),
                         filter.user_id,
-                        filter.before_key,
+                        filter.before.as_ref().map(ExecutionId::as_str),
                         filter.limit as i64
                     ],
                     read_execution,
@@ -274,21 +279,23 @@ impl Store for SqliteStore {
 
     async fn events(
         &self,
-        key: i64,
+        id: &ExecutionId,
         since: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>> {
+        let id = id.clone();
         self.readers
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT seq, kind, data, timestamp FROM events
-                     WHERE execution_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                     WHERE execution_key = (SELECT key FROM executions WHERE id = ?1)
+                       AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
                 // A seq is at most i64::MAX, so a larger `since` has nothing after it (a cast
                 // would wrap it negative, to "everything").
                 let since = i64::try_from(since).unwrap_or(i64::MAX);
-                let rows = stmt.query_map(params![key, since, limit as i64], |row| {
+                let rows = stmt.query_map(params![id.as_str(), since, limit as i64], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, String>(1)?,
@@ -304,14 +311,7 @@ impl Store for SqliteStore {
                     }
                     let (seq, kind, data, timestamp) = row?;
                     bytes += data.len();
-                    events.push(Event {
-                        seq: seq as u64,
-                        kind: EventKind::parse(&kind)
-                            .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind:?}")))?,
-                        data: RawValue::from_string(data)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        timestamp,
-                    });
+                    events.push(rules::stored_event(seq, &kind, data, timestamp)?);
                 }
                 Ok(events)
             })
@@ -366,97 +366,38 @@ impl Store for SqliteStore {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-const EXECUTION_COLUMNS: &str = "key, id, agent_id, user_id, status, agent, price_wei, input, \
+const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
     process_group, process_started, process_cgroup";
 
-/// Maps a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
+/// Reads a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
-    let status: String = row.get(4)?;
-    let agent: String = row.get(5)?;
-    let price: String = row.get(6)?;
-    let input: String = row.get(7)?;
-    let output: Option<String> = row.get(8)?;
-    let error_kind: Option<String> = row.get(9)?;
-    let error_message: Option<String> = row.get(10)?;
-    let started_at: Option<i64> = row.get(13)?;
-    let finished_at: Option<i64> = row.get(14)?;
-    let process = match (
-        row.get::<_, Option<i32>>(20)?,
-        row.get::<_, Option<i64>>(21)?,
-    ) {
-        (Some(group), Some(started)) => Some(ProcessGroup {
-            group,
-            started_ticks: started as u64,
-            cgroup: row.get::<_, Option<String>>(22)?.map(PathBuf::from),
-        }),
-        _ => None,
+    let stored = StoredExecution {
+        id: row.get(0)?,
+        agent_id: row.get(1)?,
+        user_id: row.get(2)?,
+        status: row.get(3)?,
+        agent: row.get(4)?,
+        price_wei: row.get(5)?,
+        input: row.get(6)?,
+        output: row.get(7)?,
+        error_kind: row.get(8)?,
+        error_message: row.get(9)?,
+        exit_code: row.get(10)?,
+        created_at: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+        peak_memory_bytes: row.get(14)?,
+        peak_cpu_percent: row.get(15)?,
+        log_lines: row.get(16)?,
+        log_lines_dropped: row.get(17)?,
+        last_seq: row.get(18)?,
+        process_group: row.get(19)?,
+        process_started: row.get(20)?,
+        process_cgroup: row.get(21)?,
     };
-    let columns = (
-        row.get::<_, i64>(0)?,
-        row.get::<_, String>(1)?,
-        row.get::<_, String>(2)?,
-        row.get::<_, String>(3)?,
-        row.get::<_, Option<i32>>(11)?,
-        row.get::<_, i64>(12)?,
-        row.get::<_, Option<i64>>(15)?,
-        row.get::<_, Option<f64>>(16)?,
-        row.get::<_, i64>(17)?,
-        row.get::<_, i64>(18)?,
-        row.get::<_, i64>(19)?,
-    );
-    Ok((|| {
-        let (
-            key,
-            id,
-            agent_id,
-            user_id,
-            exit_code,
-            created_at,
-            peak_mem,
-            peak_cpu,
-            lines,
-            dropped,
-            last_seq,
-        ) = columns;
-        let agent: Agent = parse_json(&agent)?;
-        Ok(Execution {
-            execution_id: id,
-            agent_name: agent.name.clone(),
-            agent_id,
-            user_id,
-            status: status.parse().map_err(StoreError::Corrupt)?,
-            input: parse_json(&input)?,
-            output: output.as_deref().map(parse_json).transpose()?,
-            error: error_kind.map(|kind| ExecError {
-                kind,
-                message: error_message.unwrap_or_default(),
-            }),
-            exit_code,
-            created_at,
-            started_at,
-            finished_at,
-            duration_ms: duration(started_at, finished_at),
-            price_wei: price.parse().map_err(StoreError::Corrupt)?,
-            peak_memory_bytes: peak_mem.map(|m| m as u64),
-            peak_cpu_percent: peak_cpu,
-            log_lines: lines as u64,
-            log_lines_dropped: dropped as u64,
-            last_seq: last_seq as u64,
-            agent,
-            key,
-            process,
-        })
-    })())
-}
-
-fn duration(started_at: Option<i64>, finished_at: Option<i64>) -> Option<i64> {
-    Some((finished_at? - started_at?).max(0))
+    Ok(stored.into_execution())
 }
 
 /// A read, run on a reader thread with that thread's connection (or the error opening it).

@@ -26,8 +26,8 @@ use super::protocol::{
 use super::{CLOSE_TIMEOUT, DRAIN_TIMEOUT, Slot};
 use crate::api::AppState;
 use crate::domain::{Event, now_ms};
-use crate::events::Follow;
 use crate::runtime::{self, Caller};
+use crate::stream::Follow;
 
 /// Messages formatted in one poll of a connection before it yields to other tasks, so that a
 /// long replay to a fast client does not hold a worker thread.
@@ -269,9 +269,10 @@ impl Connection {
                     self.turn = index + 1;
                     continue;
                 }
-                Poll::Ready(Ok(Some(event))) => {
-                    self.outbox
-                        .send(&event_message(&follower.execution_id, &event));
+                Poll::Ready(Ok(Some(followed))) => {
+                    let id = &follower.execution_id;
+                    let text = followed.text(|event| event_message(id, event).to_text());
+                    self.outbox.send_shared(text);
                     moved += 1;
                     self.turn = index + 1;
                 }

@@ -2,7 +2,7 @@
 //! extensions (`seq`, `since`, `subscribed`, `error`, JSON `ping`/`pong`), typed in `protocol`.
 //!
 //! A connection is one task and nothing more (`connection`): it reads the client's frames, drives
-//! the followers of its subscriptions (`events::Follow`), writes its outbox to the socket and
+//! the followers of its subscriptions (`stream::Follow`), writes its outbox to the socket and
 //! keeps the heartbeat, all from one `poll`. No channel, no task per subscription: an idle
 //! subscribed connection costs this task's state, tungstenite's buffers and one small boxed
 //! receive per subscription.

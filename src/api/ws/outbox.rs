@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::Sink;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -56,9 +57,21 @@ impl Outbox {
     }
 
     pub fn send(&mut self, message: &Outgoing<'_>) {
-        let text = message.to_text();
+        self.push(message.to_text().into());
+    }
+
+    /// A message made once for every connection that sends it (`SharedEvent::text`): queued
+    /// as the same bytes, not a copy.
+    pub fn send_shared(&mut self, text: Bytes) {
+        match Utf8Bytes::try_from(text) {
+            Ok(text) => self.push(text),
+            Err(e) => tracing::error!(error = %e, "a shared message is not UTF-8; not sent"),
+        }
+    }
+
+    fn push(&mut self, text: Utf8Bytes) {
         self.bytes += text.len();
-        self.queue.push_back(text.into());
+        self.queue.push_back(text);
     }
 
     /// An `error` message; with an execution id, about that subscription.

@@ -29,9 +29,9 @@ use serde_json::Value;
 use super::ResumePoint;
 use super::daemon::{Daemon, Outage, RETRY_FIRST, State, gone, is_answer};
 use crate::domain::{ExecError, LogStream};
-use crate::events::Recorder;
 use crate::executor::json_object_line;
 use crate::executor::lines::{Line, LineSplitter};
+use crate::stream::Recorder;
 
 /// The container's whole output, once read: the last stdout line that was a JSON object.
 pub(super) type LogsEnd = Result<Option<Value>, ExecError>;

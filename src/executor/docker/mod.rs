@@ -50,7 +50,7 @@ use self::volume::OutputError;
 use super::{Executor, Exit, Job, RunOutcome};
 use crate::docker::DockerProbe;
 use crate::domain::{ExecError, Runtime};
-use crate::events::Recorder;
+use crate::stream::Recorder;
 
 pub const LABEL_EXECUTION: &str = "agentnexus.execution";
 pub const LABEL_AGENT: &str = "agentnexus.agent";

@@ -14,7 +14,7 @@ use super::daemon::{Daemon, RETRY_FIRST};
 
 /// The longest pause between two openings of the stats stream.
 const STATS_RETRY_MAX: Duration = Duration::from_secs(2);
-use crate::events::Recorder;
+use crate::stream::Recorder;
 
 /// Records the container's stats stream as `metrics` events, at most one per `interval`, until
 /// aborted (when the container has ended).

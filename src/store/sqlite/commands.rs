@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
+use super::super::{
+    NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome, rules,
+};
 use crate::domain::{
-    Agent, Event, EventData, EventKind, ExecError, Execution, ProcessGroup, Status, StatusData,
-    now_ms,
+    Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, now_ms,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -35,11 +36,11 @@ pub(super) enum Command {
         reply: Reply<Execution>,
     },
     Append {
-        key: i64,
+        id: ExecutionId,
         events: Vec<NewEvent>,
     },
     RecordProcess {
-        key: i64,
+        id: ExecutionId,
         process: ProcessGroup,
     },
     Transition {
@@ -98,6 +99,8 @@ pub(super) enum Applied {
 
 /// What the writer remembers of an execution it is appending to.
 struct Active {
+    /// The execution's row.
+    key: i64,
     status: Status,
     last_seq: u64,
     dirty: bool,
@@ -108,8 +111,8 @@ struct Active {
 /// decisions, kept until their final status is committed).
 #[derive(Default)]
 pub(super) struct Ledger {
-    active: HashMap<i64, Active>,
-    cut_short: HashMap<i64, ExecError>,
+    active: HashMap<ExecutionId, Active>,
+    cut_short: HashMap<ExecutionId, ExecError>,
 }
 
 impl Ledger {
@@ -119,49 +122,60 @@ impl Ledger {
     }
 
     /// Marks a stream cut short; returns false if it already was.
-    pub(super) fn cut_short(&mut self, key: i64, error: ExecError) -> bool {
-        if self.cut_short.contains_key(&key) {
+    pub(super) fn cut_short(&mut self, id: &ExecutionId, error: ExecError) -> bool {
+        if self.cut_short.contains_key(id) {
             return false;
         }
-        self.cut_short.insert(key, error);
+        self.cut_short.insert(id.clone(), error);
         true
     }
 
-    /// After the final status of `key` is committed.
-    pub(super) fn finished(&mut self, key: i64) {
-        self.active.remove(&key);
-        self.cut_short.remove(&key);
+    /// After the final status of `id` is committed.
+    pub(super) fn finished(&mut self, id: &ExecutionId) {
+        self.active.remove(id);
+        self.cut_short.remove(id);
     }
 
     /// Records each execution's last seq, in the transaction that assigned it.
     pub(super) fn write_last_seqs(&mut self, conn: &Connection) -> Result<()> {
         let mut stmt = conn.prepare_cached("UPDATE executions SET last_seq = ?2 WHERE key = ?1")?;
-        for (key, active) in self.active.iter_mut().filter(|(_, a)| a.dirty) {
-            stmt.execute(params![key, active.last_seq as i64])?;
+        for active in self.active.values_mut().filter(|a| a.dirty) {
+            stmt.execute(params![active.key, active.last_seq as i64])?;
             active.dirty = false;
         }
         Ok(())
     }
 
-    fn load<'a>(&'a mut self, conn: &Connection, key: i64) -> Result<Option<&'a mut Active>> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.active.entry(key) {
+    fn load<'a>(
+        &'a mut self,
+        conn: &Connection,
+        id: &ExecutionId,
+    ) -> Result<Option<&'a mut Active>> {
+        if !self.active.contains_key(id) {
             let row = conn
-                .query_row(
-                    "SELECT status, last_seq FROM executions WHERE key = ?1",
-                    [key],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
-                )
+                .prepare_cached("SELECT key, status, last_seq FROM executions WHERE id = ?1")?
+                .query_row([id.as_str()], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()?;
-            let Some((status, last_seq)) = row else {
+            let Some((key, status, last_seq)) = row else {
                 return Ok(None);
             };
-            slot.insert(Active {
-                status: status.parse().map_err(StoreError::Corrupt)?,
-                last_seq: last_seq as u64,
-                dirty: false,
-            });
+            self.active.insert(
+                id.clone(),
+                Active {
+                    key,
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    last_seq: last_seq as u64,
+                    dirty: false,
+                },
+            );
         }
-        Ok(self.active.get_mut(&key))
+        Ok(self.active.get_mut(id))
     }
 }
 
@@ -181,21 +195,21 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
             let (execution, event) = create(conn, ledger, new)?;
             Applied::Create(Box::new(execution), event)
         }
-        Command::Append { key, .. } if ledger.cut_short.contains_key(key) => Applied::Append(None),
-        Command::Append { key, events } => {
+        Command::Append { id, .. } if ledger.cut_short.contains_key(id) => Applied::Append(None),
+        Command::Append { id, events } => {
             let events = events.iter().map(|e| (e.kind, e.data.get(), e.timestamp));
-            Applied::Append(append(conn, ledger, *key, events)?)
+            Applied::Append(append(conn, ledger, id, events)?)
         }
         Command::Transition {
             transition, record, ..
         } => transition_to(conn, ledger, transition, record)?,
-        Command::RecordProcess { key, process } => {
+        Command::RecordProcess { id, process } => {
             conn.prepare_cached(
                 "UPDATE executions SET process_group = ?2, process_started = ?3, \
-                 process_cgroup = ?4 WHERE key = ?1",
+                 process_cgroup = ?4 WHERE id = ?1",
             )?
             .execute(params![
-                key,
+                id.as_str(),
                 process.group,
                 process.started_ticks as i64,
                 process
@@ -213,8 +227,8 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
 /// which executions ended.
 #[derive(Default)]
 pub(super) struct Committed {
-    pub events: HashMap<i64, Vec<Event>>,
-    pub finished: Vec<i64>,
+    pub events: HashMap<ExecutionId, Vec<Event>>,
+    pub finished: Vec<ExecutionId>,
 }
 
 /// Sends a committed command's reply and takes its events for publication.
@@ -229,13 +243,13 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
         (Command::Create { reply, .. }, Applied::Create(execution, event)) => {
             committed
                 .events
-                .entry(execution.key)
+                .entry(execution.execution_id.clone())
                 .or_default()
                 .push(event);
             let _ = reply.send(Ok(*execution));
         }
-        (Command::Append { key, events }, Applied::Append(Some(first))) => {
-            let published = committed.events.entry(key).or_default();
+        (Command::Append { id, events }, Applied::Append(Some(first))) => {
+            let published = committed.events.entry(id).or_default();
             published.extend(events.into_iter().zip(first..).map(|(e, seq)| Event {
                 seq,
                 kind: e.kind,
@@ -250,10 +264,10 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
             Applied::Transition(outcome, event, ended),
         ) => {
             // Also without an event (recorded in the row only): followers learn of the end.
-            let published = committed.events.entry(transition.key).or_default();
+            let published = committed.events.entry(transition.id.clone()).or_default();
             published.extend(event);
             if ended {
-                committed.finished.push(transition.key);
+                committed.finished.push(transition.id);
             }
             let _ = reply.send(Ok(outcome));
         }
@@ -305,7 +319,7 @@ fn create(
          VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        new.id,
+        new.id.as_str(),
         new.agent.id,
         new.user_id,
         agent_json,
@@ -315,39 +329,17 @@ fn create(
     ])?;
     let key = conn.last_insert_rowid();
     ledger.active.insert(
-        key,
+        new.id.clone(),
         Active {
+            key,
             status: Status::Pending,
             last_seq: 0,
             dirty: false,
         },
     );
-    let event = status_event(Status::Pending, None, None, None, new.created_at);
-    let event = append_one(conn, ledger, key, event)?.expect("a new execution takes events");
-    let execution = Execution {
-        execution_id: new.id.clone(),
-        agent_id: new.agent.id.clone(),
-        agent_name: new.agent.name.clone(),
-        user_id: new.user_id.clone(),
-        status: Status::Pending,
-        input: new.input.clone(),
-        output: None,
-        error: None,
-        exit_code: None,
-        created_at: new.created_at,
-        started_at: None,
-        finished_at: None,
-        duration_ms: None,
-        price_wei: new.agent.price_wei,
-        peak_memory_bytes: None,
-        peak_cpu_percent: None,
-        log_lines: 0,
-        log_lines_dropped: 0,
-        last_seq: 1,
-        agent: new.agent.clone(),
-        key,
-        process: None,
-    };
+    let event = rules::status_event(Status::Pending, None, None, None, new.created_at);
+    let event = append_one(conn, ledger, &new.id, event)?.expect("a new execution takes events");
+    let execution = rules::new_execution(new);
     Ok((execution, event))
 }
 
@@ -356,18 +348,16 @@ fn create(
 fn append<'a>(
     conn: &Connection,
     ledger: &mut Ledger,
-    key: i64,
+    id: &ExecutionId,
     events: impl ExactSizeIterator<Item = (EventKind, &'a str, i64)>,
 ) -> Result<Option<u64>> {
-    let Some(state) = ledger.load(conn, key)? else {
-        tracing::warn!(key, "events for an unknown execution were discarded");
+    let Some(state) = ledger.load(conn, id)? else {
+        tracing::warn!(execution = %id, "events for an unknown execution were discarded");
         return Ok(None);
     };
-    // The final status event is the last one: the stream of a finished execution is closed.
-    // (A status event itself is appended before the status is updated, so it passes.)
-    if state.status.is_terminal() {
+    if !rules::takes_events(state.status) {
         tracing::debug!(
-            key,
+            execution = %id,
             count = events.len(),
             "events after the end were discarded"
         );
@@ -380,7 +370,7 @@ fn append<'a>(
     for (kind, data, timestamp) in events {
         // Counted only once the insert succeeded; a failed one fails the transaction anyway.
         insert.execute(params![
-            key,
+            state.key,
             (state.last_seq + 1) as i64,
             kind.as_str(),
             data,
@@ -396,36 +386,16 @@ fn append<'a>(
 fn append_one(
     conn: &Connection,
     ledger: &mut Ledger,
-    key: i64,
+    id: &ExecutionId,
     event: NewEvent,
 ) -> Result<Option<Event>> {
     let one = std::iter::once((event.kind, event.data.get(), event.timestamp));
-    Ok(append(conn, ledger, key, one)?.map(|seq| Event {
+    Ok(append(conn, ledger, id, one)?.map(|seq| Event {
         seq,
         kind: event.kind,
         data: event.data,
         timestamp: event.timestamp,
     }))
-}
-
-fn status_event(
-    status: Status,
-    output: Option<serde_json::Value>,
-    error: Option<ExecError>,
-    exit_code: Option<i32>,
-    at: i64,
-) -> NewEvent {
-    let data = EventData::Status(StatusData {
-        status,
-        output,
-        error,
-        exit_code,
-    });
-    NewEvent {
-        kind: EventKind::Status,
-        data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
-        timestamp: at,
-    }
 }
 
 fn transition_to(
@@ -434,42 +404,32 @@ fn transition_to(
     t: &Transition,
     record: &Record,
 ) -> Result<Applied> {
-    let Some(state) = ledger.load(conn, t.key)? else {
-        return Err(StoreError::Corrupt(format!(
-            "no execution with key {}",
-            t.key
-        )));
+    let Some(state) = ledger.load(conn, &t.id)? else {
+        return Err(StoreError::Corrupt(format!("no execution {}", t.id)));
     };
-    let current = state.status;
-    if current != t.from || !t.from.can_become(t.to) {
-        if current.is_terminal() {
-            ledger.cut_short.remove(&t.key);
-        }
-        return Ok(Applied::Transition(
-            TransitionOutcome::Refused(current),
-            None,
-            false,
-        ));
-    }
-    // A stream that was cut short ends FAILED with the cut's cause, whatever the run reported:
-    // its last events are missing, and the final status says so.
+    let (key, current) = (state.key, state.status);
     let failure = match record {
-        Record::AsAsked => ledger
-            .cut_short
-            .get(&t.key)
-            .filter(|_| t.to.is_terminal())
-            .cloned(),
+        Record::AsAsked => rules::cut_short_end(ledger.cut_short.get(&t.id), t.to),
         Record::AsFailure(cause) | Record::RowOnly(cause) => Some(cause.clone()),
     };
-    let (to, output, outcome) = match &failure {
-        Some(cause) => (
-            Status::Failed,
-            None,
-            TransitionOutcome::RecordedAsFailed(cause.clone()),
-        ),
-        None => (t.to, t.output.clone(), TransitionOutcome::Applied),
+    let rules::Decided {
+        to,
+        output,
+        error,
+        outcome,
+    } = match rules::decide(current, t, failure) {
+        Ok(decided) => decided,
+        Err(current) => {
+            if current.is_terminal() {
+                ledger.cut_short.remove(&t.id);
+            }
+            return Ok(Applied::Transition(
+                TransitionOutcome::Refused(current),
+                None,
+                false,
+            ));
+        }
     };
-    let error = failure.or_else(|| t.error.clone());
     let stats = t.stats.unwrap_or_default();
     let terminal = to.is_terminal();
     conn.prepare_cached(
@@ -483,7 +443,7 @@ fn transition_to(
          WHERE key = ?1",
     )?
     .execute(params![
-        t.key,
+        key,
         to.as_str(),
         t.at,
         terminal,
@@ -499,11 +459,11 @@ fn transition_to(
     let event = match record {
         Record::RowOnly(_) => None,
         _ => {
-            let event = status_event(to, output, error, t.exit_code, t.at);
-            append_one(conn, ledger, t.key, event)?
+            let event = rules::status_event(to, output, error, t.exit_code, t.at);
+            append_one(conn, ledger, &t.id, event)?
         }
     };
-    let state = ledger.active.get_mut(&t.key).expect("loaded above");
+    let state = ledger.active.get_mut(&t.id).expect("loaded above");
     state.status = to;
     Ok(Applied::Transition(outcome, event, terminal))
 }

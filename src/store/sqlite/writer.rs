@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::super::{LostStream, Result, StoreError, WriteHealth};
 use super::commands::{self, Applied, Command, Committed, Ledger, Record};
-use crate::domain::{ExecError, now_ms};
-use crate::hub::Hub;
+use crate::bus::Bus;
+use crate::domain::{ExecError, ExecutionId, now_ms};
 
 /// Upper bound of commands per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 4096;
@@ -35,7 +35,7 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(20);
 
 pub(super) struct Writer {
     pub conn: Connection,
-    pub hub: Arc<Hub>,
+    pub bus: Arc<dyn Bus>,
     pub ledger: Ledger,
     pub lost: mpsc::UnboundedSender<LostStream>,
     pub health: watch::Sender<WriteHealth>,
@@ -125,12 +125,12 @@ impl Writer {
         for (command, applied) in held.drain(..size).zip(applied) {
             commands::finish(command, applied, &mut committed);
         }
-        for key in &committed.finished {
-            self.ledger.finished(*key);
+        for id in &committed.finished {
+            self.ledger.finished(id);
         }
-        for (key, events) in committed.events {
-            let finished = committed.finished.contains(&key);
-            self.hub.publish(key, events, finished);
+        for (id, events) in committed.events {
+            let finished = committed.finished.contains(&id);
+            self.bus.publish(&id, events, finished);
         }
         Ok(())
     }
@@ -192,12 +192,12 @@ impl Writer {
     /// What becomes of a command while the store is given up on.
     fn triage(&mut self, command: Command, held: &mut Held, last_error: &str) {
         match command {
-            Command::Append { key, .. } => {
+            Command::Append { id, .. } => {
                 let why = format!(
                     "the store could not write for more than {:?} ({last_error}); the events after the last stored one are lost",
                     self.outage_limit
                 );
-                self.cut_short(key, ExecError::new("store_unavailable", why));
+                self.cut_short(&id, ExecError::new("store_unavailable", why));
             }
             Command::Transition { .. } | Command::RecordProcess { .. } => {
                 held.commands.push_back(command);
@@ -233,15 +233,15 @@ impl Writer {
     fn refuse(&mut self, command: Command, error: StoreError, held: &mut Held) {
         tracing::error!(error = %error, "the store refused a write");
         match command {
-            Command::Append { key, events } => {
+            Command::Append { id, events } => {
                 let why = format!(
                     "the store refused {} event(s) of this execution: {error}",
                     events.len()
                 );
-                self.cut_short(key, ExecError::new("store_write_failed", why));
+                self.cut_short(&id, ExecError::new("store_write_failed", why));
             }
-            Command::RecordProcess { key, .. } => {
-                tracing::warn!(key, "the process group of an execution was not recorded");
+            Command::RecordProcess { id, .. } => {
+                tracing::warn!(execution = %id, "the process group of an execution was not recorded");
             }
             Command::Transition {
                 transition,
@@ -259,7 +259,7 @@ impl Writer {
                     Record::AsFailure(cause) => Record::RowOnly(cause),
                     Record::RowOnly(_) => {
                         tracing::error!(
-                            key = transition.key,
+                            execution = %transition.id,
                             "even the failure of an execution cannot be recorded; it stays unfinished"
                         );
                         let _ = reply.send(Err(error));
@@ -277,10 +277,11 @@ impl Writer {
         }
     }
 
-    fn cut_short(&mut self, key: i64, error: ExecError) {
-        if self.ledger.cut_short(key, error.clone()) {
-            tracing::error!(key, cause = %error.kind, message = %error.message, "an execution's stream is cut short");
-            let _ = self.lost.send(LostStream { key, error });
+    fn cut_short(&mut self, id: &ExecutionId, error: ExecError) {
+        if self.ledger.cut_short(id, error.clone()) {
+            tracing::error!(execution = %id, cause = %error.kind, message = %error.message, "an execution's stream is cut short");
+            let id = id.clone();
+            let _ = self.lost.send(LostStream { id, error });
         }
     }
 }

@@ -1,0 +1,137 @@
+//! Submitting and queueing: an accepted execution is stored PENDING, then waits as a tracked
+//! task for a slot under the concurrency limit, in arrival order; cancel reaches it through its
+//! handle while it waits or runs.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
+use crate::store::NewExecution;
+
+use super::supervise::{Handle, StopReason};
+use super::transition::Change;
+use super::{Caller, Error, Result, Runtime};
+
+impl Runtime {
+    /// Durably records a PENDING execution and queues it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        agent_id: &str,
+        input: Value,
+    ) -> Result<Execution> {
+        if self.permits.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let agent = self.agent(agent_id).await?;
+        if let Some(schema) = &agent.input_schema {
+            let validator = jsonschema::validator_for(schema)
+                .map_err(|e| Error::Invalid(format!("the agent's input schema is invalid: {e}")))?;
+            let problems: Vec<String> = validator
+                .iter_errors(&input)
+                .take(5)
+                .map(|e| format!("{} (at {:?})", e, e.instance_path().to_string()))
+                .collect();
+            if !problems.is_empty() {
+                return Err(Error::InputRejected(problems.join("; ")));
+            }
+        }
+        let execution = self
+            .store
+            .create_execution(NewExecution {
+                id: ExecutionId::generate(),
+                agent,
+                user_id: caller.user_id.clone(),
+                input,
+                created_at: now_ms(),
+            })
+            .await?;
+        self.metrics.submitted(&execution);
+        self.enqueue(execution.clone());
+        Ok(execution)
+    }
+    /// Cancels a queued or running execution and waits (boundedly) until it has ended.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        let execution = self.execution(caller, id).await?;
+        let handle = self.handles.lock().unwrap().get(id).cloned();
+        let Some(handle) = handle else {
+            if !execution.status.is_terminal() {
+                // Queued work is parked while the runtime shuts down.
+                return Err(Error::ShuttingDown);
+            }
+            return Err(Error::Conflict(format!(
+                "execution {id} has already finished with status {}",
+                execution.status
+            )));
+        };
+        handle.request_stop(StopReason::Cancelled);
+        let wait = self.kill_grace + Duration::from_secs(5);
+        let _ = tokio::time::timeout(wait, handle.finished.cancelled()).await;
+        self.execution(caller, id).await
+    }
+    pub(super) fn enqueue(self: &Arc<Self>, execution: Execution) {
+        self.spawn_tracked(execution, |runtime, execution, handle| async move {
+            runtime.drive(execution, &handle).await
+        });
+    }
+
+    /// Runs `work` for an execution as a tracked task, with a handle through which it can be
+    /// stopped; the handle goes away, and `cancel` stops waiting, when the work is done.
+    pub(super) fn spawn_tracked<F, Fut>(self: &Arc<Self>, execution: Execution, work: F)
+    where
+        F: FnOnce(Arc<Self>, Execution, Arc<Handle>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let handle = Arc::new(Handle {
+            stop: CancellationToken::new(),
+            reason: OnceLock::new(),
+            finished: CancellationToken::new(),
+        });
+        let id = execution.execution_id.clone();
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(id.clone(), handle.clone());
+        let runtime = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = work(runtime.clone(), execution, handle.clone()).await {
+                tracing::error!(execution = %id, error = %e, "execution failed to complete");
+            }
+            runtime.handles.lock().unwrap().remove(&id);
+            handle.finished.cancel();
+        });
+    }
+
+    /// Waits for a slot, then runs the execution (`run`); a cancel while it waits ends it
+    /// CANCELLED, a shutdown leaves it PENDING for the next start.
+    pub(super) async fn drive(&self, execution: Execution, handle: &Handle) -> Result<()> {
+        self.metrics.queued();
+        let permit = tokio::select! {
+            biased;
+            _ = handle.stop.cancelled() => {
+                self.metrics.dequeued();
+                if handle.reason.get() == Some(&StopReason::Cancelled) {
+                    let cancelled = ExecError::new("cancelled", "cancelled before it started");
+                    let change = Change::to(Status::Cancelled).error(cancelled);
+                    self.transition(&execution, Status::Pending, change).await?;
+                }
+                return Ok(());
+            }
+            permit = self.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => {
+                    self.metrics.dequeued();
+                    permit
+                }
+                // Shutting down: it stays PENDING and runs after the restart.
+                Err(_) => {
+                    self.metrics.dequeued();
+                    return Ok(());
+                }
+            },
+        };
+        self.run(execution, handle, permit).await
+    }
+}

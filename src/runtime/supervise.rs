@@ -1,0 +1,180 @@
+//! Driving one run: mark it RUNNING, hand it to its executor, stop it on cancel, timeout,
+//! shutdown or a lost stream (the first reason wins), and record how it ended.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{ExecError, Execution, Runtime as AgentRuntime, Status};
+use crate::executor::{Executor, Exit, Job, RunOutcome};
+use crate::stream::Recorder;
+
+use super::transition::Change;
+use super::{Result, Runtime};
+
+/// Why an execution is being stopped; the first reason given wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StopReason {
+    Cancelled,
+    Timeout,
+    Shutdown,
+    /// The store cut its stream short: what it writes now cannot be stored.
+    StreamLost(ExecError),
+}
+
+/// The runtime's grip on an execution that is queued or running.
+pub(super) struct Handle {
+    pub(super) stop: CancellationToken,
+    pub(super) reason: OnceLock<StopReason>,
+    pub(super) finished: CancellationToken,
+}
+
+impl Handle {
+    pub(super) fn request_stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+}
+
+impl Runtime {
+    /// Marks a queued execution RUNNING (unless something else changed it first) and sees its
+    /// run to the end.
+    pub(super) async fn run(
+        &self,
+        execution: Execution,
+        handle: &Handle,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<()> {
+        if !self
+            .transition(&execution, Status::Pending, Change::to(Status::Running))
+            .await?
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let _running = self.metrics.running(&execution);
+
+        let recorder = Arc::new(Recorder::new(
+            &execution,
+            self.store.clone(),
+            self.metrics.clone(),
+            self.log_limits,
+        ));
+        let job = Job {
+            execution_id: execution.execution_id.to_string(),
+            user_id: execution.user_id.clone(),
+            agent: execution.agent.clone(),
+            input: execution.input.clone(),
+        };
+        let executor: &dyn Executor = match execution.agent.runtime {
+            AgentRuntime::Process { .. } => &self.process,
+            AgentRuntime::Docker { .. } => &self.docker_executor,
+        };
+        let timeout = Duration::from_secs(execution.agent.timeout_secs);
+        let run = executor.run(&job, recorder.clone(), handle.stop.clone());
+        self.finish_run(
+            &execution,
+            handle,
+            run,
+            timeout,
+            &recorder,
+            started,
+            Some(permit),
+        )
+        .await
+    }
+
+    /// Sees an executor's run to its end within `timeout` (stopping it when that passes), frees
+    /// the concurrency slot, and records how the execution ended.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish_run(
+        &self,
+        execution: &Execution,
+        handle: &Handle,
+        run: impl std::future::Future<Output = RunOutcome>,
+        timeout: Duration,
+        recorder: &Recorder,
+        started: Instant,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()> {
+        tokio::pin!(run);
+        let outcome = tokio::select! {
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(timeout) => {
+                handle.request_stop(StopReason::Timeout);
+                run.await
+            }
+        };
+        drop(permit);
+        let mut change = ended(outcome, handle, execution.agent.timeout_secs);
+        change.stats = Some(recorder.stats());
+        change.ran_for = Some(started.elapsed());
+        self.transition(execution, Status::Running, change).await?;
+        Ok(())
+    }
+}
+
+/// The status change for how an executor's run ended.
+fn ended(outcome: RunOutcome, handle: &Handle, timeout_secs: u64) -> Change {
+    match outcome {
+        RunOutcome::NotStarted(error) | RunOutcome::Lost(error) => {
+            Change::to(Status::Failed).error(error)
+        }
+        RunOutcome::Stopped { exit } => {
+            let reason = handle
+                .reason
+                .get()
+                .cloned()
+                .unwrap_or(StopReason::Cancelled);
+            stopped(reason, exit, timeout_secs)
+        }
+        RunOutcome::Exited { exit, output } => exited(exit, output),
+    }
+}
+
+fn exited(exit: Exit, output: Result<Option<Value>, String>) -> Change {
+    let mut change = match (exit, output) {
+        (Exit::Code(0), Ok(output)) => Change {
+            output,
+            ..Change::to(Status::Completed)
+        },
+        (Exit::Code(0), Err(problem)) => {
+            Change::to(Status::Failed).error(ExecError::new("invalid_output", problem))
+        }
+        (Exit::Code(code), _) => Change::to(Status::Failed).error(ExecError::new(
+            "exit_code",
+            format!("the agent exited with code {code}"),
+        )),
+        (Exit::Signal(signal), _) => Change::to(Status::Failed).error(ExecError::new(
+            "signal",
+            format!("the agent was killed by signal {signal}"),
+        )),
+        (Exit::OomKilled(code), _) => Change::to(Status::Failed).error(ExecError::new(
+            "oom_killed",
+            format!("the agent exceeded its memory limit and was killed (exit code {code})"),
+        )),
+    };
+    change.exit_code = exit.code();
+    change
+}
+
+fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> Change {
+    let mut change = match reason {
+        StopReason::Cancelled => Change::to(Status::Cancelled)
+            .error(ExecError::new("cancelled", "cancelled while running")),
+        StopReason::Timeout => Change::to(Status::Failed).error(ExecError::new(
+            "timeout",
+            format!("the agent exceeded its timeout of {timeout_secs} s"),
+        )),
+        StopReason::Shutdown => Change::to(Status::Failed).error(ExecError::new(
+            "runtime_shutdown",
+            "the runtime shut down while this execution was running",
+        )),
+        StopReason::StreamLost(error) => Change::to(Status::Failed).error(error),
+    };
+    change.exit_code = exit.code();
+    change
+}
