@@ -1,6 +1,6 @@
 #!/bin/sh
 # Regenerates prometheusrule.yaml from ../prometheus/alerts.yml, the one source of the alert
-# rules. Run after editing alerts.yml; tests/monitoring_stack.rs fails while they differ.
+# rules. Run after editing alerts.yml; tests/deployment.rs fails while they differ.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemon_proxy;
+pub mod deploy;
 pub mod docker;
 pub mod faults;
 pub mod prometheus;

@@ -1,0 +1,531 @@
+//! The deployment files in `deploy/` checked with the real tools: `docker-compose config`,
+//! `kubernetes-validate`, the shipped runtime configs, and the image's way of starting the runtime
+//! (keys from the environment or a Secret file) and its health check script, run for real.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::deploy::{compose_mount_source, deploy, read, run, yaml, yaml_docs};
+use common::tools::{Tool, have, on_path};
+use common::{Client, ServerProcess};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// docker-compose
+
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    let (program, prefix): (&str, &[&str]) = if on_path("docker-compose") {
+        ("docker-compose", &[])
+    } else if on_path("docker") && run("docker", &["compose", "version"], None).0 {
+        ("docker", &["compose"])
+    } else {
+        common::skip(
+            "neither docker-compose nor `docker compose` is installed (apt-get install docker-compose; scripts/test installs it)",
+        );
+        return;
+    };
+    let mut args = prefix.to_vec();
+    args.extend(["-f", "docker-compose.yml", "config", "--quiet"]);
+    let (ok, out) = run(program, &args, Some(&deploy("")));
+    assert!(ok, "{program} config: {out}");
+}
+
+#[test]
+fn compose_pins_images_uses_named_volumes_and_the_spec_ports() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_object().unwrap();
+    for name in ["agentnexus", "prometheus", "grafana", "alertmanager"] {
+        let image = services[name]["image"].as_str().unwrap();
+        let (_, tag) = image.rsplit_once(':').expect("a tag");
+        assert!(
+            tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            "{name}: {image} is not pinned"
+        );
+    }
+    let ports = |s: &str| services[s]["ports"].clone();
+    assert_eq!(ports("agentnexus"), json!(["3001:3001"]));
+    assert_eq!(ports("grafana"), json!(["3000:3000"]));
+    assert_eq!(ports("prometheus"), json!(["9090:9090"]));
+    // Named volumes for every service's data, the runtime's data directory among them.
+    let named: BTreeSet<&str> = compose["volumes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for (service, target) in [
+        ("agentnexus", "/var/lib/agentnexus"),
+        ("prometheus", "/prometheus"),
+        ("grafana", "/var/lib/grafana"),
+        ("alertmanager", "/alertmanager"),
+    ] {
+        let mounted = services[service]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|v| {
+                let mut parts = v.split(':');
+                let source = parts.next().unwrap();
+                named.contains(source) && parts.next() == Some(target)
+            });
+        assert!(mounted, "{service}: no named volume on {target}");
+    }
+    // The runtime's data directory is the one the image and config use.
+    let config = read("agentnexus.toml");
+    assert!(config.contains("data_dir = \"/var/lib/agentnexus\""));
+    // Grafana credentials from the environment, defaulting to the spec's admin/admin.
+    let env = &services["grafana"]["environment"];
+    assert_eq!(
+        env["GF_SECURITY_ADMIN_USER"],
+        "${GRAFANA_ADMIN_USER:-admin}"
+    );
+    assert_eq!(
+        env["GF_SECURITY_ADMIN_PASSWORD"],
+        "${GRAFANA_ADMIN_PASSWORD:-admin}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes manifests, the image's start and health check, against the real runtime
+
+fn k8s_docs() -> Vec<(String, Value)> {
+    let kustomization = yaml("k8s/kustomization.yaml");
+    let mut docs = Vec::new();
+    for file in kustomization["resources"].as_array().unwrap() {
+        let file = file.as_str().unwrap();
+        for doc in yaml_docs(&deploy(&format!("k8s/{file}"))) {
+            docs.push((file.to_owned(), doc));
+        }
+    }
+    docs
+}
+
+fn k8s(kind: &str) -> Value {
+    let found: Vec<Value> = k8s_docs()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == kind)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    found.into_iter().next().unwrap()
+}
+
+#[test]
+fn kubernetes_manifests_validate_offline() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
+    // Every manifest file is listed in the kustomization.
+    let listed: BTreeSet<String> = k8s_docs().into_iter().map(|(f, _)| f).collect();
+    for entry in std::fs::read_dir(deploy("k8s")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            assert!(
+                listed.contains(&name),
+                "{name} is not in kustomization.yaml"
+            );
+        }
+    }
+    if !have(Tool::KubernetesValidate) {
+        return;
+    }
+    let files: Vec<String> = listed
+        .iter()
+        .map(|f| deploy(&format!("k8s/{f}")).display().to_string())
+        .collect();
+    let mut args = vec!["--strict", "-k", "1.30.0"];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, out) = run("kubernetes-validate", &args, None);
+    assert!(ok, "kubernetes-validate: {out}");
+    // The built-in kinds were validated, not skipped; only the operator's CRDs lack a schema.
+    for kind in [
+        "configmap",
+        "deployment",
+        "service",
+        "persistentvolumeclaim",
+        "namespace",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {kind}/")),
+            "{kind}: {out}"
+        );
+    }
+    for line in out.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(
+            line.contains("monitoring.coreos.com/v1"),
+            "unexpected warning: {line}"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
+    if !(have(Tool::PyYaml) && have(Tool::Promtool)) {
+        return;
+    }
+    let rule = k8s("PrometheusRule");
+    let alerts = yaml("prometheus/alerts.yml");
+    let sync =
+        "k8s/prometheusrule.yaml differs from prometheus/alerts.yml: run deploy/k8s/sync-rules.sh";
+    let (ours, theirs) = (&rule["spec"]["groups"], &alerts["groups"]);
+    let names = |g: &Value| -> Vec<Value> {
+        g.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].clone())
+            .collect()
+    };
+    assert_eq!(names(ours), names(theirs), "{sync}");
+    for (a, b) in ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(theirs.as_array().unwrap())
+    {
+        assert_eq!(
+            a["rules"].as_array().map(Vec::len),
+            b["rules"].as_array().map(Vec::len),
+            "{sync}"
+        );
+        for (x, y) in a["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["rules"].as_array().unwrap())
+        {
+            assert_eq!(x, y, "{sync} (rule {})", y["alert"]);
+        }
+    }
+    assert_eq!(ours, theirs, "{sync}");
+    // And it is a rules file promtool accepts (JSON is YAML).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yml");
+    std::fs::write(
+        &path,
+        json!({ "groups": rule["spec"]["groups"] }).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = run(
+        "promtool",
+        &["check", "rules", path.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{out}");
+}
+
+/// The real binary started as the image starts it — `agentnexus serve`, the config file named
+/// by `AGENTNEXUS_CONFIG` — with a shipped config file and `env` (the API keys).
+fn spawn_like_the_image(config: &Path, data: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
+    command
+        .arg("serve")
+        .env("AGENTNEXUS_CONFIG", config)
+        // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
+        .env("AGENTNEXUS_BIND", "127.0.0.1:0")
+        .env("AGENTNEXUS_DATA_DIR", data.join("data"))
+        .env_remove("AGENTNEXUS_API_KEYS")
+        .env_remove("AGENTNEXUS_API_KEYS_FILE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    ServerProcess::spawn_command(command)
+}
+
+fn toml_port(config: &str) -> u16 {
+    let bind = config
+        .lines()
+        .find_map(|l| l.strip_prefix("bind = \""))
+        .expect("a bind line");
+    bind.trim_end_matches('"')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn status_of(url: &str, token: Option<&str>) -> StatusCode {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    request.send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
+    let deployment = k8s("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let config_map = k8s("ConfigMap");
+    let config = config_map["data"]["agentnexus.toml"].as_str().unwrap();
+    let service = k8s("Service");
+    let monitor = k8s("ServiceMonitor");
+
+    // The spec's probes and resources.
+    let port = container["ports"][0]["containerPort"].as_u64().unwrap() as u16;
+    assert_eq!(port, 3001);
+    assert_eq!(toml_port(config), port, "the ConfigMap binds another port");
+    let live = &container["livenessProbe"];
+    let ready = &container["readinessProbe"];
+    assert_eq!(live["httpGet"]["path"], "/health/live");
+    assert_eq!(ready["httpGet"]["path"], "/health/ready");
+    assert_eq!(
+        (
+            live["initialDelaySeconds"].as_u64(),
+            live["periodSeconds"].as_u64()
+        ),
+        (Some(30), Some(10))
+    );
+    assert_eq!(
+        (
+            ready["initialDelaySeconds"].as_u64(),
+            ready["periodSeconds"].as_u64()
+        ),
+        (Some(10), Some(5))
+    );
+    for probe in [live, ready] {
+        assert_eq!(probe["httpGet"]["port"].as_u64(), Some(port as u64));
+    }
+    assert_eq!(
+        container["resources"],
+        json!({"requests": {"memory": "256Mi", "cpu": "250m"}, "limits": {"memory": "1Gi", "cpu": "1000m"}})
+    );
+    // Service → container port by name; ServiceMonitor → Service port by name, the same path.
+    let port_name = container["ports"][0]["name"].as_str().unwrap();
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port_name);
+    let service_port_name = service["spec"]["ports"][0]["name"].as_str().unwrap();
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service_port_name);
+    assert_eq!(endpoint["interval"], "10s");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for selector in [
+        &service["spec"]["selector"],
+        &monitor["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in selector.as_object().unwrap() {
+            let labels = if selector == &service["spec"]["selector"] {
+                pod_labels
+            } else {
+                &service["metadata"]["labels"]
+            };
+            assert_eq!(&labels[k], v, "selector {k}");
+        }
+    }
+    // Kubernetes' grace outlasts the runtime's own shutdown grace.
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let runtime_grace: u64 = config
+        .lines()
+        .find_map(|l| l.strip_prefix("shutdown_grace_secs = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(grace > runtime_grace);
+    // The config the runtime reads and the key file it names are mounts.
+    let env: BTreeMap<&str, &str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    let mounts: BTreeSet<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env["AGENTNEXUS_CONFIG"],
+        "/etc/agentnexus/config/agentnexus.toml"
+    );
+    assert!(mounts.contains("/etc/agentnexus/config"));
+    assert!(mounts.contains("/tmp") && mounts.contains("/var/lib/agentnexus"));
+    let key_file = config
+        .lines()
+        .find_map(|l| l.strip_prefix("api_keys_file = \""))
+        .expect("the ConfigMap names the key file")
+        .trim_end_matches('"');
+    let (key_dir, key_name) = key_file.rsplit_once('/').unwrap();
+    let secret_mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == key_dir)
+        .expect("the key file's directory is a mount");
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == secret_mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "agentnexus-api-keys");
+    assert!(
+        read("../docs/monitoring.md").contains(&format!("--from-file={key_name}")),
+        "the guide creates the Secret with the key {key_name}"
+    );
+
+    // Now the ConfigMap's config, with keys in a Secret-like file at the path it names (moved
+    // here by AGENTNEXUS_API_KEYS_FILE, which overrides it), run by the real binary as the image
+    // runs it; the probes and the scrape path answer as the manifests expect.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("agentnexus.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let secret_file = dir.path().join(key_name);
+    let key = "k8s-test-admin-key-0123456789";
+    let hashed = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    };
+    std::fs::write(
+        &secret_file,
+        format!("[[api_keys]]\nkey = \"sha256:{hashed}\"\nuser = \"ops\"\nadmin = true\n"),
+    )
+    .unwrap();
+    let runtime = spawn_like_the_image(
+        &config_path,
+        dir.path(),
+        &[("AGENTNEXUS_API_KEYS_FILE", secret_file.to_str().unwrap())],
+    );
+    for probe in [live, ready] {
+        let path = probe["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(
+            status_of(&format!("{}{path}", runtime.url), None).await,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // Docker is disabled in the ConfigMap: readiness is healthy, not degraded.
+    let ready_body: Value = reqwest::get(format!("{}/health/ready", runtime.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready_body["status"], "healthy", "{ready_body}");
+    let metrics = reqwest::get(format!(
+        "{}{}",
+        runtime.url,
+        endpoint["path"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("agentnexus_executions_total{"),
+        "no agent series"
+    );
+    // The API needs the key from the Secret.
+    let agents = format!("{}/api/agents", runtime.url);
+    assert_eq!(status_of(&agents, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(&agents, Some(key)).await, StatusCode::OK);
+
+    // The image's health check script, as the Dockerfile and compose run it.
+    let port = runtime.addr.port();
+    let check = |path: &str| {
+        Command::new("bash")
+            .arg(deploy("healthcheck.sh"))
+            .arg(path)
+            .env("AGENTNEXUS_PORT", port.to_string())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(check("/health/live"));
+    assert!(check("/health/ready"));
+    assert!(!check("/no/such/path"), "a 404 must count as unhealthy");
+    drop(runtime);
+    assert!(
+        !check("/health/live"),
+        "nothing listening must count as unhealthy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_config_and_image_run_the_runtime_with_the_admin_key_from_env() {
+    if !have(Tool::PyYaml) {
+        return;
+    }
+    let dockerfile = read("Dockerfile");
+    let config = read("agentnexus.toml");
+    let compose = yaml("docker-compose.yml");
+    let port = toml_port(&config);
+    assert!(dockerfile.contains(&format!("EXPOSE {port}")));
+    assert!(dockerfile.contains("AGENTNEXUS_PORT=3001") && port == 3001);
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"/health/live\""));
+    assert!(
+        dockerfile.contains("\nUSER agentnexus"),
+        "the image must not run as root"
+    );
+    assert!(dockerfile.matches("\nFROM ").count() >= 2, "multi-stage");
+    // Everything the image copies from the build context (the repository root) exists.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for source in &words[1..words.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "Dockerfile copies a missing {source}"
+            );
+        }
+    }
+    assert_eq!(
+        compose_mount_source(&compose, "agentnexus", "/etc/agentnexus/agentnexus.toml").as_deref(),
+        Some("./agentnexus.toml")
+    );
+    // The image runs the binary itself (no script assembling a config), reading the config
+    // the compose file mounts.
+    assert!(
+        dockerfile
+            .contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"/usr/local/bin/agentnexus\"]")
+    );
+    assert!(dockerfile.contains("AGENTNEXUS_CONFIG=/etc/agentnexus/agentnexus.toml"));
+
+    // The keys compose passes, with compose's substitution of AGENTNEXUS_ADMIN_KEY.
+    let key = "compose-test-admin-key-0123456789";
+    let keys = compose["services"]["agentnexus"]["environment"]["AGENTNEXUS_API_KEYS"]
+        .as_str()
+        .expect("compose passes AGENTNEXUS_API_KEYS");
+    let default = "${AGENTNEXUS_ADMIN_KEY:-local-dev-admin-key-change-me}";
+    assert!(keys.contains(default), "{keys}");
+    let keys = keys.replace(default, key);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = spawn_like_the_image(
+        &deploy("agentnexus.toml"),
+        dir.path(),
+        &[("AGENTNEXUS_API_KEYS", &keys)],
+    );
+    let client = Client::new(&runtime.url).with_token(key);
+    let (status, body) = client.get("/api/agents").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["agents"].as_array().map(Vec::len), Some(3), "{body}");
+    assert_eq!(
+        status_of(&format!("{}/api/agents", runtime.url), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    for path in ["/health/live", "/health/ready", "/metrics"] {
+        assert_eq!(
+            status_of(&format!("{}{path}", runtime.url), None).await,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}
