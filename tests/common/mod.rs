@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon_proxy;
 pub mod docker;
 pub mod faults;
+pub mod nats;
 pub mod prometheus;
 pub mod tools;
 pub mod witness;

@@ -24,6 +24,8 @@ pub enum Tool {
     Amtool,
     /// Node.js with the `ws` package, for the spec's JavaScript clients.
     NodeWs,
+    /// A real NATS server for the NATS bus.
+    NatsServer,
 }
 
 impl Tool {
@@ -37,6 +39,7 @@ impl Tool {
             Tool::Prometheus => "prometheus",
             Tool::Amtool => "amtool",
             Tool::NodeWs => "Node.js with its ws package",
+            Tool::NatsServer => "nats-server",
         }
     }
 
@@ -49,6 +52,7 @@ impl Tool {
             Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
             Tool::Amtool => "apt-get install prometheus-alertmanager",
             Tool::NodeWs => "apt-get install node-ws",
+            Tool::NatsServer => "apt-get install nats-server",
         }
     }
 
