@@ -185,6 +185,26 @@ async fn losing_the_server_is_reported_and_its_return_needs_no_new_bus() {
     );
 }
 
+#[tokio::test]
+async fn credentials_in_the_url_are_presented_to_the_server() {
+    let Some(nats) =
+        NatsServer::start_with("authorization { user: runtime, password: \"s3c:ret\" }")
+    else {
+        return;
+    };
+    let url = nats.url().replace("nats://", "nats://runtime:s3c%3Aret@");
+    let (a, b) = (
+        NatsBus::connect(&url).await.unwrap(),
+        NatsBus::connect(&url).await.unwrap(),
+    );
+    connected(&a).await;
+    connected(&b).await;
+    let id = ExecutionId::generate();
+    let mut live = b.subscribe(&id).await;
+    a.publish(&id, events(1..=1, "authorized"), true);
+    assert_eq!(seqs(next(&mut live).await), [1]);
+}
+
 async fn ready(server: &TestServer) -> serde_json::Value {
     let (status, body) = server.client.get("/health/ready").await;
     assert_eq!(status, 200, "NATS away degrades, never fails: {body}");

@@ -84,11 +84,11 @@ struct Commit {
 impl NatsBus {
     /// Connects in the background: the server may be away at start, like later.
     pub async fn connect(url: &str) -> Result<NatsBus, NatsError> {
-        let addr = ServerAddr::from_str(url).map_err(|e| NatsError::Url(e.to_string()))?;
+        let (addr, options) = credentials(url)?;
         let server = format!("{}:{}", addr.host(), addr.port());
         let (tell, standing) = watch::channel(Standing::default());
         let tell = Arc::new(tell);
-        let client = ConnectOptions::new()
+        let client = options
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(|attempt| {
@@ -143,6 +143,51 @@ impl NatsBus {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// The server's address without credentials (the client logs addresses), and the options that
+/// carry them: `user:password@` or a `token@`, percent-decoded. The client itself ignores
+/// credentials written in the URL.
+fn credentials(url: &str) -> Result<(ServerAddr, ConnectOptions), NatsError> {
+    let invalid = |e: std::io::Error| NatsError::Url(e.to_string());
+    let addr = ServerAddr::from_str(url).map_err(invalid)?;
+    let options = match (addr.username().map(decode_percent), addr.password()) {
+        (Some(user), Some(password)) => {
+            ConnectOptions::with_user_and_password(user, decode_percent(password))
+        }
+        (Some(token), None) => ConnectOptions::with_token(token),
+        _ => ConnectOptions::new(),
+    };
+    let mut bare = addr.into_inner();
+    // Only a URL without a host refuses these, and a server address has one.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    let addr = ServerAddr::from_str(bare.as_str()).map_err(invalid)?;
+    Ok((addr, options))
+}
+
+/// `%XX` escapes decoded (credentials in a URL are written so); anything else kept as it is.
+fn decode_percent(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn note(tell: &watch::Sender<Standing>, event: async_nats::Event) {
@@ -431,6 +476,17 @@ mod tests {
             seqs.extend(decoded.iter().map(|e| e.event.seq));
         }
         assert_eq!(seqs, [1, 2, 4, 5, 6]);
+    }
+
+    #[test]
+    fn credentials_leave_the_address_for_the_options() {
+        let (addr, _) = credentials("nats://us%40r:p%3Ass@nats.example:4333").unwrap();
+        assert_eq!(addr.as_url_str(), "nats://nats.example:4333");
+        assert!(!addr.has_user_pass());
+        let (addr, _) = credentials("tls://s3cret@nats.example").unwrap();
+        assert_eq!((addr.host(), addr.port()), ("nats.example", 4222));
+        assert!(addr.tls_required());
+        assert_eq!(decode_percent("us%40r%zz%4"), "us@r%zz%4");
     }
 
     #[test]
