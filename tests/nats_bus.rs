@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use agentnexus::bus::{Bus, Live, NatsBus, Subscription};
+use agentnexus::bus::{Batch, Bus, Live, NatsBus, Subscription};
 use agentnexus::domain::{Event, EventKind, ExecutionId};
 use common::nats::NatsServer;
 use common::ws::Ws;
@@ -161,15 +161,31 @@ async fn losing_the_server_is_reported_and_its_return_needs_no_new_bus() {
         "and told again while the server is away, so it completes from the store"
     );
     assert!(!b.is_connected());
+    // A follower that starts during the outage is told to read the store too.
+    let late = ExecutionId::generate();
+    let mut late_live = b.subscribe(&late).await;
+    assert!(matches!(next(&mut late_live).await, Live::Lagged));
 
     nats.restart();
     connected(&a).await;
     connected(&b).await;
-    // Once both have subscribed again, a publish comes through on the same subscription.
+    // Once both have subscribed again, a publish comes through on the same subscriptions.
+    for (id, live) in [(&id, &mut live), (&late, &mut late_live)] {
+        let batch = live_again(&a, id, live).await;
+        assert_eq!(
+            batch[0].event.data.get(),
+            r#"{"log":"after","stream":"stdout"}"#
+        );
+    }
+}
+
+/// Publishes until a batch comes through on `live`: the subscription is made again some time
+/// after the client reconnects.
+async fn live_again(a: &NatsBus, id: &ExecutionId, live: &mut Subscription) -> Batch {
     let mut seq = 2;
-    let batch = tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(WAIT, async {
         loop {
-            a.publish(&id, events(seq..=seq, "after"), false);
+            a.publish(id, events(seq..=seq, "after"), false);
             seq += 1;
             let wait = tokio::time::timeout(Duration::from_millis(500), live.next());
             if let Ok(Live::Batch(batch)) = wait.await {
@@ -178,11 +194,7 @@ async fn losing_the_server_is_reported_and_its_return_needs_no_new_bus() {
         }
     })
     .await
-    .expect("live again after the server's return");
-    assert_eq!(
-        batch[0].event.data.get(),
-        r#"{"log":"after","stream":"stdout"}"#
-    );
+    .expect("live again after the server's return")
 }
 
 #[tokio::test]
@@ -281,4 +293,30 @@ async fn a_server_on_nats_streams_live_and_completes_from_the_store_while_nats_i
     nats.restart();
     let body = nats_seen(&server, true).await;
     assert_eq!(body["status"], "healthy", "{body}");
+}
+
+#[test]
+fn a_nats_url_that_is_not_nats_is_refused_by_name_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), "");
+    let serve = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentnexus"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("nats_url must be a nats:// or tls:// URL"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    };
+    serve(&["--nats-url", "http://user:s3cret@nats:4222"], &[]);
+    serve(&[], &[("AGENTNEXUS_NATS_URL", "user:s3cret@nats:4222")]);
 }

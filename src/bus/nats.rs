@@ -223,9 +223,12 @@ impl Bus for NatsBus {
     async fn subscribe(&self, id: &ExecutionId) -> Subscription {
         let standing = self.standing.clone();
         let epoch = standing.borrow().epoch;
+        // While NATS is away the subscription is only queued (the client makes it on
+        // reconnecting) and the feed starts degraded: no use waiting for an echo.
+        let connected = self.is_connected();
         let confirm = async {
             let messages = self.client.subscribe(subject(id)).await.ok()?;
-            let confirmed = self.echo().await;
+            let confirmed = connected && self.echo().await;
             Some((messages, confirmed))
         };
         let (messages, confirmed) = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
