@@ -320,3 +320,23 @@ fn a_nats_url_that_is_not_nats_is_refused_by_name_without_showing_it() {
     serve(&["--nats-url", "http://user:s3cret@nats:4222"], &[]);
     serve(&[], &[("AGENTNEXUS_NATS_URL", "user:s3cret@nats:4222")]);
 }
+
+#[tokio::test]
+async fn a_bus_starts_while_the_server_is_away_and_connects_when_it_comes() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    nats.kill();
+    let bus = tokio::time::timeout(WAIT, NatsBus::connect(&nats.url()))
+        .await
+        .expect("starting does not wait for the server")
+        .unwrap();
+    assert!(!bus.is_connected());
+    let id = ExecutionId::generate();
+    let mut live = bus.subscribe(&id).await;
+    assert!(matches!(next(&mut live).await, Live::Lagged));
+    nats.restart();
+    connected(&bus).await;
+    let batch = live_again(&bus, &id, &mut live).await;
+    assert_eq!(batch.len(), 1);
+}
