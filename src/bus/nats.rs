@@ -39,8 +39,9 @@ const SUBJECT_PREFIX: &str = "agentnexus.events";
 /// Commits waiting for NATS. A commit can hold many events; beyond this many, new ones are
 /// dropped rather than held in memory.
 const QUEUE: usize = 256;
-/// How long `subscribe` waits for the server to confirm. Past it the subscription is returned
-/// unconfirmed and polls the store every `DEGRADED_POLL` until a message proves it live.
+/// How long `subscribe` waits for the client to take the subscription, and then for the
+/// server to confirm it. Past it the subscription is returned unconfirmed and has its follower
+/// check the store after `DEGRADED_POLL`, by when a working connection has made it live.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a follower re-reads the store while NATS is down (or its subscription unconfirmed).
 pub const DEGRADED_POLL: Duration = Duration::from_secs(1);
@@ -226,15 +227,16 @@ impl Bus for NatsBus {
         // While NATS is away the subscription is only queued (the client makes it on
         // reconnecting) and the feed starts degraded: no use waiting for an echo.
         let connected = self.is_connected();
-        let confirm = async {
-            let messages = self.client.subscribe(subject(id)).await.ok()?;
-            let confirmed = connected && self.echo().await;
-            Some((messages, confirmed))
+        let subscribing = self.client.subscribe(subject(id));
+        let messages = match tokio::time::timeout(CONFIRM_TIMEOUT, subscribing).await {
+            Ok(Ok(messages)) => Some(messages),
+            _ => None,
         };
-        let (messages, confirmed) = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Some((messages, confirmed))) => (Some(messages), confirmed),
-            _ => (None, false),
-        };
+        let confirmed = messages.is_some()
+            && connected
+            && tokio::time::timeout(CONFIRM_TIMEOUT, self.echo())
+                .await
+                .unwrap_or(false);
         Subscription::new(NatsFeed::new(messages, confirmed, standing, epoch))
     }
 
@@ -441,6 +443,10 @@ impl Feed for NatsFeed {
             }
         }
         if self.check.as_mut().poll(cx).is_ready() {
+            // A subscription that has been in place over a working connection for a whole
+            // check interval has reached the server, echo or not: the store read that this
+            // `Lagged` causes comes after it.
+            self.confirmed |= self.connected && self.messages.is_some();
             self.reset_check();
             // Register the new deadline's wake-up.
             let _ = self.check.as_mut().poll(cx);
