@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::tools::{Tool, have};
+use super::tools::{NATS_SERVER_SBIN, Tool, have, on_path};
 
 /// How long a fresh server may take to accept connections.
 const START: Duration = Duration::from_secs(20);
@@ -72,7 +72,12 @@ impl NatsServer {
         self.kill();
         let deadline = Instant::now() + START;
         loop {
-            let mut child = Command::new("nats-server")
+            let program = if on_path("nats-server") {
+                "nats-server"
+            } else {
+                NATS_SERVER_SBIN
+            };
+            let mut child = Command::new(program)
                 .arg("-c")
                 .arg(&self.config)
                 .stdin(Stdio::null())

@@ -62,10 +62,15 @@ impl Tool {
             Tool::NodeWs => {
                 succeeds("node", &["--version"]) && Path::new(NODE_PATH).join("ws").exists()
             }
+            // Debian installs it in /usr/sbin, which a user's PATH may lack.
+            Tool::NatsServer => on_path("nats-server") || Path::new(NATS_SERVER_SBIN).exists(),
             other => on_path(other.name()),
         }
     }
 }
+
+/// Where Debian's `nats-server` package puts the server.
+pub const NATS_SERVER_SBIN: &str = "/usr/sbin/nats-server";
 
 /// Where Debian's `node-ws` puts the `ws` package (Node's `NODE_PATH` for the tests).
 pub const NODE_PATH: &str = "/usr/share/nodejs";
