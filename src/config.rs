@@ -58,6 +58,9 @@ pub struct Config {
     /// database, a full disk) before it gives up on the events waiting to be written: the
     /// executions concerned end FAILED `store_unavailable` once it can write again.
     pub store_outage_limit_secs: u64,
+    /// The NATS server that carries live events between replicas (`nats://` or `tls://`, with
+    /// any credentials in the URL). Absent: the in-process bus.
+    pub nats_url: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     pub logs: LogLimits,
@@ -94,6 +97,7 @@ impl Default for Config {
             containment: ContainmentMode::Auto,
             sync_commits: true,
             store_outage_limit_secs: 120,
+            nats_url: None,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
             health: HealthConfig::default(),
@@ -256,6 +260,8 @@ pub struct Overrides {
     pub bind: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
 }
 
 impl Config {
@@ -281,6 +287,7 @@ impl Config {
                 "containment",
                 "sync_commits",
                 "store_outage_limit_secs",
+                "nats_url",
                 "max_body_bytes",
                 "api_keys_file",
             ]))
@@ -359,6 +366,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if let Some(url) = &self.nats_url {
+            // Only the scheme is told: the URL may hold credentials.
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("nats" | "tls")) {
+                return invalid(
+                    "nats_url must be a nats:// or tls:// URL, e.g. nats://nats:4222".into(),
+                );
+            }
+        }
         if self.max_concurrent_executions == 0 {
             return invalid("max_concurrent_executions must be at least 1".into());
         }
@@ -602,6 +618,21 @@ mod tests {
         let loaded = Config::load(Some(Path::new("bare.toml")), Overrides::default());
         std::env::set_current_dir(cwd).unwrap();
         assert_eq!(loaded.unwrap().max_concurrent_executions, 3);
+    }
+
+    #[test]
+    fn a_nats_url_names_a_nats_or_tls_server_and_errors_never_show_it() {
+        let config = load_str("nats_url = \"nats://u:p@nats:4222\"").unwrap();
+        assert_eq!(config.nats_url.as_deref(), Some("nats://u:p@nats:4222"));
+        assert!(load_str("nats_url = \"tls://nats:4222\"").is_ok());
+        let err = load_str("nats_url = \"http://user:secret@nats:4222\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nats_url must be a nats:// or tls:// URL"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

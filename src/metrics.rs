@@ -10,6 +10,7 @@
 //! the server answered. `docs/monitoring.md` gives the series count as a formula.
 
 mod agents;
+mod bus;
 
 use std::sync::atomic::AtomicU64;
 
@@ -79,6 +80,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Also exports the bus's figures (none for the in-process bus).
+    pub fn watch_bus(&mut self, bus: std::sync::Arc<dyn crate::bus::Bus>) {
+        self.registry
+            .register_collector(Box::new(bus::BusCollector(bus)));
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let agents = agents::AgentSeries::new(&mut registry);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ws::Connections;
 use crate::api::{self, AppState, Auth, Mode, SitePolicy};
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, NatsBus, NatsError};
 use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Backends, Runtime};
 use crate::site::SiteError;
@@ -33,12 +33,23 @@ pub enum StartError {
     Sites(#[from] SiteError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bus(#[from] NatsError),
 }
 
-/// The store and the bus, chosen once from the configuration: today the embedded SQLite store
-/// in `data_dir` and the in-process bus.
-pub fn open_backends(config: &Config) -> Result<Backends, StoreError> {
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+/// The store and the bus, chosen once from the configuration: the embedded SQLite store in
+/// `data_dir`; NATS at `nats_url` (connected in the background: the server may be away at
+/// start), else the in-process bus.
+pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
+    let bus: Arc<dyn Bus> = match &config.nats_url {
+        Some(url) => {
+            let bus = NatsBus::connect(url).await?;
+            // The URL may hold credentials: only where it points is logged.
+            tracing::info!(server = %bus.server(), "event bus: NATS");
+            Arc::new(bus)
+        }
+        None => Arc::new(LocalBus::new()),
+    };
     let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
     let options = SqliteOptions {
         sync_commits: config.sync_commits,
@@ -66,7 +77,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
-        let runtime = Runtime::start(&config, open_backends(&config)?).await?;
+        let runtime = Runtime::start(&config, open_backends(&config).await?).await?;
         let agents = runtime.agents().await?.len();
         tracing::info!("{}", agents_loaded(&config, agents));
         let listener = TcpListener::bind(config.bind)

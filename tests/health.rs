@@ -83,6 +83,15 @@ async fn readiness_is_healthy_with_every_check_of_the_spec() {
     );
     assert_eq!(checks["websocket"]["details"]["activeConnections"], 0);
     assert_eq!(
+        checks["bus"],
+        json!({"status": "ok", "message": "In-process event bus"})
+    );
+    assert_eq!(
+        metric_value(&server, "agentnexus_nats_connected").await,
+        None,
+        "only a server on NATS has the NATS gauge"
+    );
+    assert_eq!(
         metric_value(&server, "agentnexus_docker_healthy").await,
         Some(1.0)
     );

@@ -1,7 +1,7 @@
 //! Health probes in the spec's shapes. Liveness depends on nothing but the process. Readiness
 //! runs its checks concurrently, each bounded by a timeout, so a hung dependency makes it answer
-//! fast rather than hang: database failure → 503 unhealthy; Docker or memory trouble → 200
-//! degraded; shutting down → 503.
+//! fast rather than hang: database failure → 503 unhealthy; Docker or memory trouble, or NATS
+//! away (followers read the store meanwhile) → 200 degraded; shutting down → 503.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::Json;
+use crate::bus::Transport;
 use crate::docker::DockerHealth;
 use crate::domain::{now_ms, rfc3339_ms};
 use crate::health::memory_standing;
@@ -30,8 +31,8 @@ struct HealthReport {
     timestamp: String,
     /// Seconds since the server started.
     uptime: u64,
-    /// By name: `service` (liveness); `database`, `docker`, `memory`, `websocket` and, while
-    /// shutting down, `server` (readiness).
+    /// By name: `service` (liveness); `database`, `docker`, `memory`, `websocket`, `bus` and,
+    /// while shutting down, `server` (readiness).
     checks: BTreeMap<String, HealthCheck>,
 }
 
@@ -85,11 +86,12 @@ pub async fn live(State(state): State<AppState>) -> Json<Value> {
     Json(report(&state, "healthy", checks))
 }
 
-/// Readiness: the database, Docker, memory and the WebSocket server, each within a timeout.
+/// Readiness: the database, Docker, memory, the WebSocket server and the event bus, each
+/// within a timeout.
 #[utoipa::path(
     get, path = "/health/ready", tag = "health", operation_id = "healthReady", security(()),
     responses(
-        (status = 200, description = "`healthy`, or `degraded` (Docker or memory trouble)", body = HealthReport),
+        (status = 200, description = "`healthy`, or `degraded` (Docker or memory trouble, NATS away)", body = HealthReport),
         (status = 503, description = "`unhealthy`: the database failed, or shutdown has begun", body = HealthReport),
     ),
 )]
@@ -98,12 +100,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (database, docker) = tokio::join!(database(&state, timeout), docker(&state, timeout));
     let memory = memory(&state);
     let websocket = websocket(&state);
+    let bus = bus(&state);
 
     let mut checks = json!({
         "database": database.0,
         "docker": docker.0,
         "memory": memory.0,
         "websocket": websocket.0,
+        "bus": bus.0,
     });
     let draining = state.draining.is_cancelled();
     if draining {
@@ -111,7 +115,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
     let (code, status) = if !database.1 || draining {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
-    } else if !(docker.1 && memory.1 && websocket.1) {
+    } else if !(docker.1 && memory.1 && websocket.1 && bus.1) {
         (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "healthy")
@@ -191,4 +195,24 @@ fn websocket(state: &AppState) -> (Value, bool) {
     let mut value = check(true, "WebSocket server operational");
     value["details"] = json!({ "activeConnections": connections });
     (value, true)
+}
+
+/// The event bus. NATS away costs latency, not data (followers read the store), so it degrades
+/// readiness without failing it.
+fn bus(state: &AppState) -> (Value, bool) {
+    match state.runtime.bus().transport() {
+        Transport::InProcess => (check(true, "In-process event bus"), true),
+        Transport::Nats {
+            connected: true, ..
+        } => (check(true, "NATS connected"), true),
+        Transport::Nats {
+            connected: false, ..
+        } => (
+            check(
+                false,
+                "NATS disconnected: live events are read from the database",
+            ),
+            false,
+        ),
+    }
 }

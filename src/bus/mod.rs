@@ -4,11 +4,13 @@
 //! batches (it lagged, or the bus lost them) is told so and reads them from the store.
 //!
 //! It sits below the store (which publishes to it) and below `stream` (whose followers
-//! subscribe); `local` is the in-process implementation.
+//! subscribe); `local` is the in-process implementation, `nats` the one between replicas.
 
 mod local;
+mod nats;
 
 pub use local::LocalBus;
+pub use nats::{DEGRADED_POLL, NatsBus, NatsError, QUIET_POLL};
 
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -79,6 +81,20 @@ pub trait Bus: Send + Sync + 'static {
     /// report `Closed`. Never waits, never fails: a follower that misses a batch fills the hole
     /// from the store.
     fn publish(&self, id: &ExecutionId, events: Vec<Event>, finished: bool);
+    /// What carries the batches, and how it stands (readiness and metrics report it).
+    fn transport(&self) -> Transport {
+        Transport::InProcess
+    }
+}
+
+/// What a bus carries batches over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Within this process: nothing to lose.
+    InProcess,
+    /// A NATS server: `connected` now or not; `dropped` commits (or parts) that never reached
+    /// it, which followers read from the store instead.
+    Nats { connected: bool, dropped: u64 },
 }
 
 /// What a subscription receives next.

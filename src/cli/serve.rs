@@ -24,12 +24,17 @@ pub struct ServeArgs {
     /// Directory for the database and execution scratch space, overriding the configuration
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// NATS server carrying live events between replicas (nats:// or tls://), overriding the
+    /// configuration
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         bind: args.bind,
         data_dir: args.data_dir,
+        nats_url: args.nats_url,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,

@@ -107,7 +107,9 @@ impl Runtime {
             bus,
             lost_streams,
         } = backends;
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        metrics.watch_bus(bus.clone());
+        let metrics = Arc::new(metrics);
         let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
         let runtime = Arc::new(Runtime {
             store,
@@ -164,6 +166,10 @@ impl Runtime {
 
     pub fn docker(&self) -> &Arc<DockerProbe> {
         &self.docker
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

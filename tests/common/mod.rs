@@ -7,6 +7,7 @@ pub mod daemon_proxy;
 pub mod deploy;
 pub mod docker;
 pub mod faults;
+pub mod nats;
 pub mod prometheus;
 pub mod tools;
 pub mod witness;

@@ -24,6 +24,8 @@ pub enum Tool {
     Amtool,
     /// Node.js with the `ws` package, for the spec's JavaScript clients.
     NodeWs,
+    /// A real NATS server for the NATS bus.
+    NatsServer,
 }
 
 impl Tool {
@@ -37,6 +39,7 @@ impl Tool {
             Tool::Prometheus => "prometheus",
             Tool::Amtool => "amtool",
             Tool::NodeWs => "Node.js with its ws package",
+            Tool::NatsServer => "nats-server",
         }
     }
 
@@ -49,6 +52,7 @@ impl Tool {
             Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
             Tool::Amtool => "apt-get install prometheus-alertmanager",
             Tool::NodeWs => "apt-get install node-ws",
+            Tool::NatsServer => "apt-get install nats-server",
         }
     }
 
@@ -58,10 +62,15 @@ impl Tool {
             Tool::NodeWs => {
                 succeeds("node", &["--version"]) && Path::new(NODE_PATH).join("ws").exists()
             }
+            // Debian installs it in /usr/sbin, which a user's PATH may lack.
+            Tool::NatsServer => on_path("nats-server") || Path::new(NATS_SERVER_SBIN).exists(),
             other => on_path(other.name()),
         }
     }
 }
+
+/// Where Debian's `nats-server` package puts the server.
+pub const NATS_SERVER_SBIN: &str = "/usr/sbin/nats-server";
 
 /// Where Debian's `node-ws` puts the `ws` package (Node's `NODE_PATH` for the tests).
 pub const NODE_PATH: &str = "/usr/share/nodejs";
