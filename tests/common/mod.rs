@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon_proxy;
 pub mod docker;
 pub mod faults;
+pub mod postgres;
 pub mod prometheus;
 pub mod tools;
 pub mod witness;

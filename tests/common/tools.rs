@@ -24,6 +24,10 @@ pub enum Tool {
     Amtool,
     /// Node.js with the `ws` package, for the spec's JavaScript clients.
     NodeWs,
+    /// PostgreSQL's server programs (`initdb`, `pg_ctl`, `psql`): the shared store's database.
+    Postgres,
+    /// PgBouncer, the transaction-pooling proxy the shared store must work through.
+    PgBouncer,
 }
 
 impl Tool {
@@ -37,6 +41,8 @@ impl Tool {
             Tool::Prometheus => "prometheus",
             Tool::Amtool => "amtool",
             Tool::NodeWs => "Node.js with its ws package",
+            Tool::Postgres => "PostgreSQL (initdb, pg_ctl)",
+            Tool::PgBouncer => "pgbouncer",
         }
     }
 
@@ -49,6 +55,8 @@ impl Tool {
             Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
             Tool::Amtool => "apt-get install prometheus-alertmanager",
             Tool::NodeWs => "apt-get install node-ws",
+            Tool::Postgres => "apt-get install postgresql",
+            Tool::PgBouncer => "apt-get install pgbouncer",
         }
     }
 
@@ -58,6 +66,8 @@ impl Tool {
             Tool::NodeWs => {
                 succeeds("node", &["--version"]) && Path::new(NODE_PATH).join("ws").exists()
             }
+            Tool::Postgres => super::postgres::bin_dir().is_some(),
+            Tool::PgBouncer => super::postgres::pgbouncer().is_some(),
             other => on_path(other.name()),
         }
     }
