@@ -16,7 +16,7 @@ use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Backends, Runtime};
 use crate::site::SiteError;
-use crate::store::{SqliteOptions, SqliteStore, StoreError};
+use crate::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,18 +35,34 @@ pub enum StartError {
     Config(#[from] ConfigError),
 }
 
-/// The store and the bus, chosen once from the configuration: today the embedded SQLite store
-/// in `data_dir` and the in-process bus.
-pub fn open_backends(config: &Config) -> Result<Backends, StoreError> {
+/// The store and the bus, chosen once from the configuration: the PostgreSQL store at
+/// `database_url` if there is one, else the embedded SQLite store in `data_dir`; the
+/// in-process bus.
+pub async fn open_backends(config: &Config) -> Result<Backends, StoreError> {
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
     let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
-    let options = SqliteOptions {
-        sync_commits: config.sync_commits,
-        outage_limit: Duration::from_secs(config.store_outage_limit_secs),
+    let outage_limit = Duration::from_secs(config.store_outage_limit_secs);
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => {
+            tracing::info!(database = %url, "keeping state in PostgreSQL");
+            let options = PostgresOptions { outage_limit };
+            Arc::new(PostgresStore::open(url.expose(), options, bus.clone(), lost).await?)
+        }
+        None => {
+            let options = SqliteOptions {
+                sync_commits: config.sync_commits,
+                outage_limit,
+            };
+            Arc::new(SqliteStore::open(
+                &config.data_dir,
+                options,
+                bus.clone(),
+                lost,
+            )?)
+        }
     };
-    let store = SqliteStore::open(&config.data_dir, options, bus.clone(), lost)?;
     Ok(Backends {
-        store: Arc::new(store),
+        store,
         bus,
         lost_streams,
     })
@@ -66,7 +82,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
-        let runtime = Runtime::start(&config, open_backends(&config)?).await?;
+        let runtime = Runtime::start(&config, open_backends(&config).await?).await?;
         let agents = runtime.agents().await?.len();
         tracing::info!("{}", agents_loaded(&config, agents));
         let listener = TcpListener::bind(config.bind)

@@ -38,7 +38,7 @@ async fn document(url: &str) -> Value {
 async fn router_paths() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
-    let backends = agentnexus::server::open_backends(&config).unwrap();
+    let backends = agentnexus::server::open_backends(&config).await.unwrap();
     let runtime = Runtime::start(&config, backends).await.unwrap();
     let state = AppState {
         runtime: runtime.clone(),

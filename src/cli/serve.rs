@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentnexus::config::{Config, Overrides};
+use agentnexus::config::{Config, DatabaseUrl, Overrides};
 use agentnexus::server::Server;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,12 +24,22 @@ pub struct ServeArgs {
     /// Directory for the database and execution scratch space, overriding the configuration
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL database to keep everything in (postgres://user:password@host/db), instead
+    /// of the embedded SQLite in the data directory; overrides the configuration
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AGENTNEXUS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         bind: args.bind,
         data_dir: args.data_dir,
+        database_url: args.database_url.map(DatabaseUrl::new),
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
