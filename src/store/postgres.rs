@@ -36,6 +36,11 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")]
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;
 /// Connections held at most: writes of different executions run in parallel.
 const POOL_SIZE: usize = 16;
+/// A connection not made by then is a passing fault (the default when the URL sets none): a
+/// database host that drops packets must not hang a write forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for a free pooled connection before that counts as a passing fault.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Waits between attempts while a passing fault lasts: doubling from the first to the last.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -78,7 +83,13 @@ impl PostgresStore {
         bus: Arc<dyn Bus>,
         lost: mpsc::UnboundedSender<LostStream>,
     ) -> Result<PostgresStore> {
-        let config = tokio_postgres::Config::from_str(url)?;
+        let mut config = tokio_postgres::Config::from_str(url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("agentnexus");
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -88,6 +99,9 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         let (health, health_watch) = watch::channel(WriteHealth::Writing);
