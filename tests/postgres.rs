@@ -1,7 +1,8 @@
 //! The runtime on PostgreSQL (`database_url`): a server keeps everything in the database, so a
 //! restarted one, even with another data directory, finds every execution and event; replicas
-//! starting together migrate the schema once; the URL's password never shows; a bad URL is
-//! refused naming the key. The store's own behaviours are in the store contract suite.
+//! starting together migrate the schema once; writes go on, each stored once, while the
+//! database drops connections; the URL's password never shows; a bad URL is refused naming the
+//! key. The store's own behaviours are in the store contract suite.
 
 mod common;
 
@@ -10,8 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentnexus::bus::{Bus, LocalBus};
-use agentnexus::store::{ExecutionFilter, PostgresOptions, PostgresStore, Store};
-use common::postgres::{Route, database};
+use agentnexus::domain::{Agent, EventKind, ExecutionId, Runtime, Wei, now_ms};
+use agentnexus::store::{
+    ExecutionFilter, NewEvent, NewExecution, PostgresOptions, PostgresStore, Store, WriteHealth,
+};
+use common::postgres::{Route, database, terminate_connections};
 use common::{Client, LoggedServer, assert_gapless, log_lines, statuses, write_config};
 use serde_json::json;
 
@@ -150,4 +154,83 @@ async fn a_database_that_cannot_be_reached_is_a_passing_fault_and_a_missing_one_
     let missing = open(format!("{base}/no_such_database")).await;
     let missing = missing.err().expect("no such database");
     assert!(!missing.is_transient(), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_after_the_database_drops_every_connection() {
+    let Some(url) = database(Route::Direct) else {
+        return;
+    };
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    let (lost, mut lost_streams) = tokio::sync::mpsc::unbounded_channel();
+    let options = PostgresOptions {
+        outage_limit: Duration::from_secs(30),
+    };
+    let store = PostgresStore::open(&url, options, bus, lost).await.unwrap();
+    let agent = Agent {
+        id: "a".into(),
+        name: "A".into(),
+        price_wei: Wei(1),
+        timeout_secs: 60,
+        input_schema: None,
+        runtime: Runtime::Process {
+            command: "true".into(),
+            args: vec![],
+            env: Default::default(),
+            workdir: None,
+        },
+    };
+    let execution = store
+        .create_execution(NewExecution {
+            id: ExecutionId::generate(),
+            agent,
+            user_id: "u".into(),
+            input: json!({}),
+            created_at: now_ms(),
+        })
+        .await
+        .unwrap();
+    let id = &execution.execution_id;
+    let line = |n: usize| NewEvent {
+        kind: EventKind::Log,
+        data: serde_json::value::to_raw_value(&json!({"stream": "stdout", "line": n})).unwrap(),
+        timestamp: now_ms(),
+    };
+    // Connections are ended while lines are being written, so some writes fail in flight.
+    const LINES: usize = 300;
+    let writing = async {
+        for n in 0..LINES {
+            store.append(id, vec![line(n)]).await.unwrap();
+        }
+    };
+    let terminating = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || (0..20).map(|_| terminate_connections(&url)).sum::<usize>()
+    });
+    let (_, terminated) = tokio::join!(writing, terminating);
+    assert!(terminated.unwrap() > 0, "connections were ended");
+
+    let events = store.events(id, 0, 1000, usize::MAX).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let lines: Vec<u64> = events[1..]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e.data.get()).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        (0..LINES as u64).collect::<Vec<_>>(),
+        "every line stored once, in order"
+    );
+    assert!(lost_streams.try_recv().is_err(), "no stream was cut short");
+    assert_eq!(*store.write_health().borrow(), WriteHealth::Writing);
+    store.ping().await.unwrap();
 }

@@ -103,6 +103,34 @@ pub fn database(route: Route) -> Option<String> {
     ))
 }
 
+/// Ends every server connection to the database of `url` (as an administrator's
+/// `pg_terminate_backend` or a server restart would), returning how many there were.
+pub fn terminate_connections(url: &str) -> usize {
+    let cluster = CLUSTER.get().expect("the cluster is started by `database`");
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name");
+    let killed = Command::new(cluster.bin.join("psql"))
+        .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", DB_USER])
+        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
+        .arg(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .output()
+        .expect("psql runs");
+    assert!(
+        killed.status.success(),
+        "pg_terminate_backend: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    String::from_utf8_lossy(&killed.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 impl Cluster {
     fn start() -> Cluster {
         let bin = bin_dir().expect("checked by have(Tool::Postgres)");

@@ -1,10 +1,10 @@
 //! Writes: each one transaction on a pooled connection, retried through passing faults by
 //! `PostgresStore::write`, and published to the bus only once committed.
 //!
-//! A write whose commit was interrupted by a lost connection may have committed nonetheless;
-//! retrying it could then store its events twice under new seqs. This store accepts that risk
-//! for now (it needs the connection to fail exactly during COMMIT); an idempotency key per
-//! append closes it.
+//! A write whose commit was interrupted by a lost connection may have committed nonetheless.
+//! For events this is checked before retrying (`committed_nonetheless`), so they are not
+//! stored twice. A status change retried after such a commit finds the change made and is
+//! answered `Refused` with the new status; an idempotency key per write would tell it apart.
 
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
@@ -156,10 +156,46 @@ async fn try_append(
         tracing::debug!(execution = %id, count, "events after the end were discarded");
         return Ok(None);
     }
+    let key: i64 = row.get(0);
     let first = row.get::<_, i64>(2) - count + 1;
-    insert_events(&tx, row.get(0), first, events).await?;
-    tx.commit().await?;
-    Ok(Some(first as u64))
+    insert_events(&tx, key, first, events).await?;
+    match tx.commit().await {
+        Ok(()) => Ok(Some(first as u64)),
+        Err(e) if committed_nonetheless(store, key, first, events).await => {
+            tracing::debug!(execution = %id, error = %e, "a commit whose answer was lost had committed");
+            Ok(Some(first as u64))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether events whose commit failed (the connection was lost while committing) are stored
+/// nonetheless: the seqs they were given hold exactly them, since nobody else could take those
+/// seqs while the row was locked. A retry would otherwise store them twice. If this cannot be
+/// told (the database is still away), they count as not stored.
+async fn committed_nonetheless(
+    store: &PostgresStore,
+    key: i64,
+    first: i64,
+    events: &[NewEvent],
+) -> bool {
+    let Some(last) = events.last() else {
+        return false;
+    };
+    let last_seq = first + events.len() as i64 - 1;
+    let Ok(client) = store.client().await else {
+        return false;
+    };
+    let found = client
+        .query_typed_opt(
+            "SELECT kind, data, timestamp FROM events WHERE execution_key = $1 AND seq = $2",
+            &[(&key, Type::INT8), (&last_seq, Type::INT8)],
+        )
+        .await;
+    matches!(found, Ok(Some(row))
+        if row.get::<_, &str>(0) == last.kind.as_str()
+            && row.get::<_, &str>(1) == last.data.get()
+            && row.get::<_, i64>(2) == last.timestamp)
 }
 
 /// Inserts events numbered from `first` in one statement (arrays unnested in order).
