@@ -197,7 +197,10 @@ fn agents_loaded(config: &Config, total: usize) -> String {
         sources.push((from_file, file.display().to_string()));
     }
     if stored > 0 || config.file.is_none() {
-        let store = format!("the store in {}", config.data_dir.display());
+        let store = match &config.database_url {
+            Some(url) => format!("the store in {url}"),
+            None => format!("the store in {}", config.data_dir.display()),
+        };
         sources.push((stored, store));
     }
     match sources.as_slice() {
@@ -298,6 +301,16 @@ mod tests {
         assert_eq!(
             agents_loaded(&config(None, 0), 0),
             "loaded 0 agents from the store in /var/lib/agentnexus"
+        );
+        let on_postgres = Config {
+            database_url: Some(crate::config::DatabaseUrl::new(
+                "postgres://app:s3cret@db:5432/agentnexus",
+            )),
+            ..config(None, 0)
+        };
+        assert_eq!(
+            agents_loaded(&on_postgres, 2),
+            "loaded 2 agents from the store in postgres://app:***@db:5432/agentnexus"
         );
     }
 }
