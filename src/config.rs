@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{self, Agent, Runtime, Wei};
 
+mod database;
 mod keys;
 mod report;
 
+pub use database::DatabaseUrl;
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Where the SQLite database and per-execution scratch directories live.
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: keep agents, executions and events in that PostgreSQL database
+    /// instead of the embedded SQLite one in `data_dir`. Its password never appears in logs.
+    pub database_url: Option<DatabaseUrl>,
     /// Executions running at once; the rest wait in arrival order.
     pub max_concurrent_executions: usize,
     /// Interval between resource samples of a running execution.
@@ -89,6 +94,7 @@ impl Default for Config {
         Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 3001)),
             data_dir: PathBuf::from("agentnexus-data"),
+            database_url: None,
             max_concurrent_executions: 16,
             sample_interval_ms: 1000,
             kill_grace_ms: 5000,
@@ -262,6 +268,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
 }
 
 impl Config {
@@ -279,6 +286,7 @@ impl Config {
             .merge(Env::prefixed("AGENTNEXUS_").only(&[
                 "bind",
                 "data_dir",
+                "database_url",
                 "max_concurrent_executions",
                 "sample_interval_ms",
                 "kill_grace_ms",
@@ -406,6 +414,10 @@ impl Config {
             || ws.rate_limit_burst == 0
         {
             return invalid("websocket: heartbeat_interval_ms must be positive and at most idle_timeout_ms, max_message_bytes at least 256 and at most send_queue_bytes, rate limits positive".into());
+        }
+        if let Some(url) = &self.database_url {
+            url.validate()
+                .map_err(|e| ConfigError::Invalid(format!("database_url: {e}")))?;
         }
         if self.default_timeout_secs == 0 {
             return invalid("default_timeout_secs must be at least 1".into());

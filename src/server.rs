@@ -16,7 +16,7 @@ use crate::bus::{Bus, LocalBus, NatsBus, NatsError};
 use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Backends, Runtime};
 use crate::site::SiteError;
-use crate::store::{SqliteOptions, SqliteStore, StoreError};
+use crate::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,9 +37,10 @@ pub enum StartError {
     Bus(#[from] NatsError),
 }
 
-/// The store and the bus, chosen once from the configuration: the embedded SQLite store in
-/// `data_dir`; NATS at `nats_url` (connected in the background: the server may be away at
-/// start), else the in-process bus.
+/// The store and the bus, chosen once from the configuration: the PostgreSQL store at
+/// `database_url` if there is one, else the embedded SQLite store in `data_dir`; NATS at
+/// `nats_url` (connected in the background: the server may be away at start), else the
+/// in-process bus.
 pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     let bus: Arc<dyn Bus> = match &config.nats_url {
         Some(url) => {
@@ -51,13 +52,28 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
         None => Arc::new(LocalBus::new()),
     };
     let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
-    let options = SqliteOptions {
-        sync_commits: config.sync_commits,
-        outage_limit: Duration::from_secs(config.store_outage_limit_secs),
+    let outage_limit = Duration::from_secs(config.store_outage_limit_secs);
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => {
+            tracing::info!(database = %url, "keeping state in PostgreSQL");
+            let options = PostgresOptions { outage_limit };
+            Arc::new(PostgresStore::open(url.expose(), options, bus.clone(), lost).await?)
+        }
+        None => {
+            let options = SqliteOptions {
+                sync_commits: config.sync_commits,
+                outage_limit,
+            };
+            Arc::new(SqliteStore::open(
+                &config.data_dir,
+                options,
+                bus.clone(),
+                lost,
+            )?)
+        }
     };
-    let store = SqliteStore::open(&config.data_dir, options, bus.clone(), lost)?;
     Ok(Backends {
-        store: Arc::new(store),
+        store,
         bus,
         lost_streams,
     })
@@ -192,7 +208,10 @@ fn agents_loaded(config: &Config, total: usize) -> String {
         sources.push((from_file, file.display().to_string()));
     }
     if stored > 0 || config.file.is_none() {
-        let store = format!("the store in {}", config.data_dir.display());
+        let store = match &config.database_url {
+            Some(url) => format!("the store in {url}"),
+            None => format!("the store in {}", config.data_dir.display()),
+        };
         sources.push((stored, store));
     }
     match sources.as_slice() {
@@ -293,6 +312,16 @@ mod tests {
         assert_eq!(
             agents_loaded(&config(None, 0), 0),
             "loaded 0 agents from the store in /var/lib/agentnexus"
+        );
+        let on_postgres = Config {
+            database_url: Some(crate::config::DatabaseUrl::new(
+                "postgres://app:s3cret@db:5432/agentnexus",
+            )),
+            ..config(None, 0)
+        };
+        assert_eq!(
+            agents_loaded(&on_postgres, 2),
+            "loaded 2 agents from the store in postgres://app:***@db:5432/agentnexus"
         );
     }
 }

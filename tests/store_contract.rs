@@ -1,6 +1,8 @@
 //! The store contract: every behaviour of the `Store` trait, run against each backend. A backend
 //! joins with one line at the bottom (`store_contract!(name, opener)`), where `opener` gives a
-//! fresh, empty store.
+//! fresh, empty store (or `None`, after `common::skip`, when its database is not installed).
+
+mod common;
 
 use std::sync::Arc;
 
@@ -10,9 +12,10 @@ use agentnexus::domain::{
     now_ms,
 };
 use agentnexus::store::{
-    ExecutionFilter, LostStream, NewEvent, NewExecution, RunStats, SqliteOptions, SqliteStore,
-    Store, StoreError, Transition, TransitionOutcome, WriteHealth,
+    ExecutionFilter, LostStream, NewEvent, NewExecution, PostgresOptions, PostgresStore, RunStats,
+    SqliteOptions, SqliteStore, Store, StoreError, Transition, TransitionOutcome, WriteHealth,
 };
+use common::postgres::{Route, database};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -21,10 +24,10 @@ struct Backend {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     _lost: mpsc::UnboundedReceiver<LostStream>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-async fn sqlite() -> Backend {
+async fn sqlite() -> Option<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
     let (lost, lost_streams) = mpsc::unbounded_channel();
@@ -33,12 +36,39 @@ async fn sqlite() -> Backend {
         outage_limit: std::time::Duration::from_secs(30),
     };
     let store = SqliteStore::open(dir.path(), options, bus.clone(), lost).unwrap();
-    Backend {
+    Some(Backend {
         store: Arc::new(store),
         bus,
         _lost: lost_streams,
-        _dir: dir,
-    }
+        _dir: Some(dir),
+    })
+}
+
+/// The shared store on a fresh database of the test cluster, reached by `route`.
+async fn postgres_by(route: Route) -> Option<Backend> {
+    let url = database(route)?;
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    let (lost, lost_streams) = mpsc::unbounded_channel();
+    let options = PostgresOptions {
+        outage_limit: std::time::Duration::from_secs(30),
+    };
+    let store = PostgresStore::open(&url, options, bus.clone(), lost)
+        .await
+        .unwrap();
+    Some(Backend {
+        store: Arc::new(store),
+        bus,
+        _lost: lost_streams,
+        _dir: None,
+    })
+}
+
+async fn postgres() -> Option<Backend> {
+    postgres_by(Route::Direct).await
+}
+
+async fn pgbouncer() -> Option<Backend> {
+    postgres_by(Route::PgBouncer).await
 }
 
 /// Runs each named behaviour against a backend, as one test per behaviour.
@@ -68,7 +98,7 @@ macro_rules! store_contract {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() {
-                let backend = $open().await;
+                let Some(backend) = $open().await else { return };
                 super::$test(&backend).await;
             }
         )*
@@ -76,6 +106,8 @@ macro_rules! store_contract {
 }
 
 store_contract!(sqlite, super::sqlite);
+store_contract!(postgres, super::postgres);
+store_contract!(pgbouncer, super::pgbouncer);
 
 // ---- helpers ----
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentnexus::config::{Config, Overrides};
+use agentnexus::config::{Config, DatabaseUrl, Overrides};
 use agentnexus::server::Server;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,6 +28,15 @@ pub struct ServeArgs {
     /// configuration
     #[arg(long, value_name = "URL")]
     nats_url: Option<String>,
+    /// PostgreSQL database to keep everything in (postgres://user:password@host/db), instead
+    /// of the embedded SQLite in the data directory; overrides the configuration
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AGENTNEXUS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> ExitCode {
@@ -35,6 +44,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         bind: args.bind,
         data_dir: args.data_dir,
         nats_url: args.nats_url,
+        database_url: args.database_url.map(DatabaseUrl::new),
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,

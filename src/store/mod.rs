@@ -1,6 +1,6 @@
 //! Durable state: agents, executions and every execution's event stream. The `Store` trait is the
-//! seam for a shared database later; `sqlite` is the embedded implementation. Only this module
-//! knows SQL.
+//! seam between the runtime and a database: `sqlite` is the embedded implementation, `postgres`
+//! the shared one. Only this module knows SQL.
 //!
 //! The store is also where an event becomes visible: it publishes each event to the bus only
 //! after the transaction that holds it has committed, so anything a reader saw is durable.
@@ -8,9 +8,11 @@
 //! A write that fails for a passing reason (a locked database, a full disk, an I/O error) is
 //! retried, never dropped: see `StoreError::is_transient` and the SQLite writer.
 
+mod postgres;
 pub mod rules;
 mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
@@ -25,6 +27,11 @@ use crate::domain::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to the database could be had (the pool's own fault, or its limit).
+    #[error("no database connection: {0}")]
+    Connection(String),
     #[error("the store is shut down")]
     Closed,
     #[error("{0} already exists")]
@@ -44,7 +51,8 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same write may succeed later unchanged: the database is busy or locked by
     /// another process, the disk is full, an I/O error, memory ran out, the file cannot be
-    /// opened or is read-only for now. Everything else (a constraint, corrupt data, a bug) fails
+    /// opened or is read-only for now; for PostgreSQL, a lost or refused connection, a
+    /// serialization failure or deadlock, a server shutting down or out of resources. Everything else (a constraint, corrupt data, a bug) fails
     /// the same way again.
     pub fn is_transient(&self) -> bool {
         use rusqlite::ErrorCode::*;
@@ -60,6 +68,8 @@ impl StoreError {
                     | FileLockingProtocolFailed
                     | ReadOnly
             ),
+            StoreError::Postgres(e) => postgres::is_transient(e),
+            StoreError::Connection(_) => true,
             _ => false,
         }
     }

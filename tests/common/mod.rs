@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod docker;
 pub mod faults;
 pub mod nats;
+pub mod postgres;
 pub mod prometheus;
 pub mod tools;
 pub mod witness;

@@ -26,6 +26,10 @@ pub enum Tool {
     NodeWs,
     /// A real NATS server for the NATS bus.
     NatsServer,
+    /// PostgreSQL's server programs (`initdb`, `pg_ctl`, `psql`): the shared store's database.
+    Postgres,
+    /// PgBouncer, the transaction-pooling proxy the shared store must work through.
+    PgBouncer,
 }
 
 impl Tool {
@@ -40,6 +44,8 @@ impl Tool {
             Tool::Amtool => "amtool",
             Tool::NodeWs => "Node.js with its ws package",
             Tool::NatsServer => "nats-server",
+            Tool::Postgres => "PostgreSQL (initdb, pg_ctl)",
+            Tool::PgBouncer => "pgbouncer",
         }
     }
 
@@ -53,6 +59,8 @@ impl Tool {
             Tool::Amtool => "apt-get install prometheus-alertmanager",
             Tool::NodeWs => "apt-get install node-ws",
             Tool::NatsServer => "apt-get install nats-server",
+            Tool::Postgres => "apt-get install postgresql",
+            Tool::PgBouncer => "apt-get install pgbouncer",
         }
     }
 
@@ -64,6 +72,8 @@ impl Tool {
             }
             // Debian installs it in /usr/sbin, which a user's PATH may lack.
             Tool::NatsServer => on_path("nats-server") || Path::new(NATS_SERVER_SBIN).exists(),
+            Tool::Postgres => super::postgres::bin_dir().is_some(),
+            Tool::PgBouncer => super::postgres::pgbouncer().is_some(),
             other => on_path(other.name()),
         }
     }

@@ -1,0 +1,313 @@
+//! A throw-away PostgreSQL cluster per test binary, and PgBouncer in front of it, for the tests
+//! of the shared store. The cluster is made with `initdb` in a temporary directory, as the
+//! unprivileged `postgres` user when the tests run as root (PostgreSQL refuses to run as root),
+//! listens on 127.0.0.1 at a free port with fsync off, and is started by the first test that
+//! asks for a database; each test gets a fresh database of its own (`database`).
+//!
+//! A watchdog process, started with the cluster in a process group of its own, stops the
+//! cluster and PgBouncer and removes the directory once the test binary has exited, however it
+//! exited. A cluster left over by a watchdog that was killed blocks nothing: each run uses a
+//! new directory and a new port.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::tools::{Tool, have};
+
+/// How a test reaches the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to PostgreSQL.
+    Direct,
+    /// Through PgBouncer in transaction pooling mode: no session state survives a transaction.
+    PgBouncer,
+}
+
+/// The user the cluster runs as: root may not run PostgreSQL.
+const SYSTEM_USER: &str = "postgres";
+/// What PostgreSQL's `trust` authentication lets in.
+const DB_USER: &str = "postgres";
+
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static BOUNCER: OnceLock<u16> = OnceLock::new();
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// The directory of the newest installed PostgreSQL's programs (Debian's layout).
+pub fn bin_dir() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Where PgBouncer is (Debian installs it in /usr/sbin, off a user's PATH).
+pub fn pgbouncer() -> Option<PathBuf> {
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A fresh, empty database in this binary's cluster, as a `postgres://` URL by `route`; `None`
+/// (after `skip`) when PostgreSQL, or PgBouncer for that route, is not installed.
+pub fn database(route: Route) -> Option<String> {
+    if !have(Tool::Postgres) || (route == Route::PgBouncer && !have(Tool::PgBouncer)) {
+        return None;
+    }
+    let cluster = CLUSTER.get_or_init(Cluster::start);
+    let name = format!("test_{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+    let created = Command::new(cluster.bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            DB_USER,
+        ])
+        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        created.status.success(),
+        "CREATE DATABASE: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let port = match route {
+        Route::Direct => cluster.port,
+        Route::PgBouncer => *BOUNCER.get_or_init(|| cluster.start_pgbouncer()),
+    };
+    Some(format!(
+        "postgres://{DB_USER}@127.0.0.1:{port}/{name}?sslmode=disable"
+    ))
+}
+
+/// Ends every server connection to the database of `url` (as an administrator's
+/// `pg_terminate_backend` or a server restart would), returning how many there were.
+pub fn terminate_connections(url: &str) -> usize {
+    let cluster = CLUSTER.get().expect("the cluster is started by `database`");
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name");
+    let killed = Command::new(cluster.bin.join("psql"))
+        .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", DB_USER])
+        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
+        .arg(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .output()
+        .expect("psql runs");
+    assert!(
+        killed.status.success(),
+        "pg_terminate_backend: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    String::from_utf8_lossy(&killed.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bin = bin_dir().expect("checked by have(Tool::Postgres)");
+        let dir = tempfile::Builder::new()
+            .prefix("agentnexus-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        own(&dir);
+        let data = dir.join("data");
+        let init = as_system_user(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                DB_USER,
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("initdb runs");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        watch_over(&bin, &dir);
+        // A free port can be taken by someone else before the server binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                dir.display()
+            );
+            let started = as_system_user(&bin.join("pg_ctl"))
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("postgres.log"))
+                .args(["-o", &options, "start"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("pg_ctl runs");
+            if started.success() {
+                return Cluster { bin, dir, port };
+            }
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// Starts PgBouncer in transaction pooling mode in front of the cluster.
+    fn start_pgbouncer(&self) -> u16 {
+        let program = pgbouncer().expect("checked by have(Tool::PgBouncer)");
+        let dir = &self.dir;
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(&userlist, format!("\"{DB_USER}\" \"\"\n")).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let ini = dir.join("pgbouncer.ini");
+            std::fs::write(
+                &ini,
+                format!(
+                    "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\n\
+                     listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                     auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+                     max_client_conn = 1000\ndefault_pool_size = 20\n\
+                     logfile = {}\npidfile = {}\n",
+                    self.port,
+                    userlist.display(),
+                    dir.join("pgbouncer.log").display(),
+                    dir.join("pgbouncer.pid").display(),
+                ),
+            )
+            .unwrap();
+            own(dir);
+            let started = as_system_user(&program)
+                .arg("-d")
+                .arg(&ini)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("pgbouncer runs");
+            if started.success() && accepts(port) {
+                return port;
+            }
+        }
+        panic!(
+            "PgBouncer did not start: {}",
+            std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+        );
+    }
+}
+
+/// Gives `dir` (and what is in it) to the system user, when the tests run as root.
+fn own(dir: &Path) {
+    if running_as_root() {
+        let chowned = Command::new("chown")
+            .args(["-R", &format!("{SYSTEM_USER}:")])
+            .arg(dir)
+            .status()
+            .expect("chown runs");
+        assert!(chowned.success(), "chown {}", dir.display());
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs `program` as the system user when the tests run as root.
+fn as_system_user(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", SYSTEM_USER, "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Starts the watchdog: once this process is gone, it stops PgBouncer and the cluster and
+/// removes their directory. In a process group of its own, so an interrupt of the tests
+/// (ctrl-c) does not stop it before it has cleaned up.
+fn watch_over(bin: &Path, dir: &Path) {
+    let pg_ctl = bin.join("pg_ctl");
+    let stop = if running_as_root() {
+        format!("runuser -u {SYSTEM_USER} -- '{}'", pg_ctl.display())
+    } else {
+        format!("'{}'", pg_ctl.display())
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done
+         [ -f '{dir}/pgbouncer.pid' ] && kill -TERM \"$(cat '{dir}/pgbouncer.pid')\"
+         {stop} -D '{dir}/data' stop -m immediate
+         rm -rf '{dir}'",
+        pid = std::process::id(),
+        dir = dir.display(),
+    );
+    let mut watchdog = Command::new("sh")
+        .args(["-c", &script])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the cluster's watchdog starts");
+    // It normally outlives this process; should it end first, it is reaped.
+    std::thread::spawn(move || watchdog.wait());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether something accepts connections on `port` within a few seconds.
+fn accepts(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
