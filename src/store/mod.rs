@@ -198,7 +198,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<crate::domain::Event>>;
-    /// Sum of the prices of an agent's completed executions, exact.
+    /// Sum of the prices of an agent's completed executions, exact: those deleted by retention
+    /// included (their sum is kept per agent when they are deleted).
     async fn revenue(&self, agent_id: &str) -> Result<Wei>;
     /// A real round trip to the database, for readiness; an error while writes fail.
     async fn ping(&self) -> Result<()>;
