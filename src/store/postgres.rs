@@ -364,7 +364,12 @@ impl Store for PostgresStore {
     }
 
     async fn delete_finished_before(&self, cutoff: EpochMs, batch: RetentionBatch) -> Result<u64> {
-        retention::delete_finished_before(self, cutoff, batch).await
+        // A batch whose commit answer was lost is not repeated: its rows are gone, so a retry
+        // deletes the next ones (and only this call's count misses them).
+        self.write(Persist::UntilOutageLimit, || {
+            retention::delete_finished_before(self, cutoff, batch)
+        })
+        .await
     }
 
     async fn size_bytes(&self) -> Result<u64> {

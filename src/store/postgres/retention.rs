@@ -1,7 +1,8 @@
 //! Retention on PostgreSQL: each batch is one statement, so one short transaction. Candidate
 //! rows are locked `SKIP LOCKED`, so replicas running retention at once take disjoint batches
 //! and each execution is deleted, and its revenue retired, exactly once. Events go with their
-//! execution (`ON DELETE CASCADE`).
+//! execution (`ON DELETE CASCADE`). Retired totals are updated in agent order, so two batches
+//! touching the same agents cannot deadlock.
 
 use tokio_postgres::types::Type;
 
@@ -31,7 +32,7 @@ WITH candidates AS (
 ), retired AS (
     INSERT INTO retired_revenue (agent_id, wei)
     SELECT agent_id, sum(price_wei::numeric) FROM gone
-    WHERE status = 'COMPLETED' GROUP BY agent_id
+    WHERE status = 'COMPLETED' GROUP BY agent_id ORDER BY agent_id
     ON CONFLICT (agent_id) DO UPDATE SET wei = retired_revenue.wei + excluded.wei
 )
 SELECT count(*) FROM gone";
