@@ -2,7 +2,7 @@
 //! longer ago are deleted in the background, at start-up and then every
 //! `retention_interval_secs`, and counted; recent and recovered ones stay; revenue does not
 //! drop; the store's size is exported either way. The old executions are written beforehand
-//! through the store itself, ended ten days ago.
+//! through the store itself, ended ten days ago. On SQLite and on PostgreSQL.
 
 mod common;
 
@@ -10,8 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentnexus::bus::LocalBus;
+use agentnexus::config::DatabaseUrl;
 use agentnexus::domain::{Execution, ExecutionId, Status, now_ms};
-use agentnexus::store::{NewExecution, SqliteOptions, SqliteStore, Store, Transition};
+use agentnexus::store::{
+    NewExecution, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, Transition,
+};
+use common::postgres::{Route, database};
 use common::{TestServer, scrape, sh_agent};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -20,22 +24,43 @@ use tempfile::TempDir;
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 const PRICE: u128 = 5;
 
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// Executions of agent `shop` left by an earlier run: `completed` of them ended ten days ago,
 /// and one still RUNNING since then (a restart ends it FAILED, now).
 struct Earlier {
     data: TempDir,
+    database_url: Option<String>,
     completed: Vec<ExecutionId>,
     running: ExecutionId,
 }
 
-async fn earlier_run(completed: usize) -> Earlier {
+/// `None` when the backend is not installed (after `common::skip`).
+async fn earlier_run(backend: Backend, completed: usize) -> Option<Earlier> {
     let data = tempfile::tempdir().unwrap();
     let (lost, _lost) = tokio::sync::mpsc::unbounded_channel();
-    let options = SqliteOptions {
-        sync_commits: false,
-        outage_limit: Duration::from_secs(30),
+    let outage_limit = Duration::from_secs(30);
+    let bus = Arc::new(LocalBus::new());
+    let (store, database_url): (Arc<dyn Store>, _) = match backend {
+        Backend::Sqlite => {
+            let options = SqliteOptions {
+                sync_commits: false,
+                outage_limit,
+            };
+            let store = SqliteStore::open(data.path(), options, bus, lost).unwrap();
+            (Arc::new(store), None)
+        }
+        Backend::Postgres => {
+            let url = database(Route::Direct)?;
+            let options = PostgresOptions { outage_limit };
+            let store = PostgresStore::open(&url, options, bus, lost).await.unwrap();
+            (Arc::new(store), Some(url))
+        }
     };
-    let store = SqliteStore::open(data.path(), options, Arc::new(LocalBus::new()), lost).unwrap();
     let agent = common::test_config(data.path())
         .agent(&shop())
         .expect("a valid agent");
@@ -53,7 +78,7 @@ async fn earlier_run(completed: usize) -> Earlier {
             .await
             .unwrap();
         change(
-            &store,
+            &*store,
             &execution,
             Status::Pending,
             Status::Running,
@@ -65,7 +90,7 @@ async fn earlier_run(completed: usize) -> Earlier {
     let running = started.pop().unwrap().execution_id;
     for execution in &started {
         change(
-            &store,
+            &*store,
             execution,
             Status::Running,
             Status::Completed,
@@ -74,14 +99,15 @@ async fn earlier_run(completed: usize) -> Earlier {
         .await;
     }
     store.flush().await.unwrap();
-    Earlier {
+    Some(Earlier {
         data,
+        database_url,
         completed: started.into_iter().map(|e| e.execution_id).collect(),
         running,
-    }
+    })
 }
 
-async fn change(store: &SqliteStore, e: &Execution, from: Status, to: Status, at: i64) {
+async fn change(store: &dyn Store, e: &Execution, from: Status, to: Status, at: i64) {
     let t = Transition {
         id: e.execution_id.clone(),
         from,
@@ -101,8 +127,10 @@ fn shop() -> agentnexus::config::ConfigAgent {
 
 async fn start(earlier: &Earlier, retention_days: u32) -> TestServer {
     let data = earlier.data.path().to_owned();
+    let database_url = earlier.database_url.clone().map(DatabaseUrl::new);
     TestServer::start_with(vec![shop()], move |config| {
         config.data_dir = data;
+        config.database_url = database_url;
         config.retention_days = retention_days;
         config.retention_interval_secs = 1;
     })
@@ -136,8 +164,33 @@ async fn eventually<F: AsyncFn() -> bool>(what: &str, done: F) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_executions_past_retention_are_deleted_and_counted_and_revenue_stays() {
-    let earlier = earlier_run(3).await;
+async fn on_sqlite_finished_executions_past_retention_are_deleted() {
+    finished_executions_past_retention_are_deleted_and_counted_and_revenue_stays(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_finished_executions_past_retention_are_deleted() {
+    finished_executions_past_retention_are_deleted_and_counted_and_revenue_stays(Backend::Postgres)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_without_retention_nothing_is_deleted() {
+    without_retention_nothing_is_deleted_and_the_size_is_still_exported(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_without_retention_nothing_is_deleted() {
+    without_retention_nothing_is_deleted_and_the_size_is_still_exported(Backend::Postgres).await;
+}
+
+async fn finished_executions_past_retention_are_deleted_and_counted_and_revenue_stays(
+    backend: Backend,
+) {
+    let Some(earlier) = earlier_run(backend, 3).await else {
+        return;
+    };
     let mut server = start(&earlier, 1).await;
     let recent = server.client.submit("shop", json!({})).await;
     server
@@ -171,9 +224,10 @@ async fn finished_executions_past_retention_are_deleted_and_counted_and_revenue_
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_retention_nothing_is_deleted_and_the_size_is_still_exported() {
-    let earlier = earlier_run(2).await;
+async fn without_retention_nothing_is_deleted_and_the_size_is_still_exported(backend: Backend) {
+    let Some(earlier) = earlier_run(backend, 2).await else {
+        return;
+    };
     let mut server = start(&earlier, 0).await;
     // The size is measured after retention's turn, so once it shows, that turn is over.
     eventually("the store's size is measured", async || {
