@@ -14,6 +14,7 @@ use crate::domain::{self, Agent, Runtime, Wei};
 mod database;
 mod keys;
 mod report;
+mod retention;
 
 pub use database::DatabaseUrl;
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
@@ -66,6 +67,11 @@ pub struct Config {
     /// The NATS server that carries live events between replicas (`nats://` or `tls://`, with
     /// any credentials in the URL). Absent: the in-process bus.
     pub nats_url: Option<String>,
+    /// Finished executions that ended more than this many days ago are deleted, with their
+    /// events (see `config::retention`). 0: kept forever.
+    pub retention_days: u32,
+    /// How often retention runs (and the store's size is measured), from start-up on.
+    pub retention_interval_secs: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     pub logs: LogLimits,
@@ -104,6 +110,8 @@ impl Default for Config {
             sync_commits: true,
             store_outage_limit_secs: 120,
             nats_url: None,
+            retention_days: 0,
+            retention_interval_secs: 300,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
             health: HealthConfig::default(),
@@ -297,6 +305,8 @@ impl Config {
                 "sync_commits",
                 "store_outage_limit_secs",
                 "nats_url",
+                "retention_days",
+                "retention_interval_secs",
                 "max_body_bytes",
                 "api_keys_file",
             ]))
@@ -399,6 +409,7 @@ impl Config {
         if self.store_outage_limit_secs == 0 {
             return invalid("store_outage_limit_secs must be at least 1".into());
         }
+        retention::validate(self)?;
         if self.health.check_timeout_ms == 0
             || self.docker.probe_interval_ms < 100
             || self.docker.sweep_interval_ms < 100

@@ -11,6 +11,7 @@
 
 mod agents;
 mod bus;
+mod store;
 
 use std::sync::atomic::AtomicU64;
 
@@ -26,6 +27,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::{Agent, Execution, Status};
 
 pub use agents::RunningGuard;
+pub use store::StoreSeries;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
@@ -56,6 +58,7 @@ const LAG_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 pub struct Metrics {
     registry: Registry,
     agents: agents::AgentSeries,
+    pub store: StoreSeries,
     pub websocket_connections: Gauge,
     pub docker_healthy: Gauge,
     container_memory: Family<ResourceLabels, Gauge>,
@@ -89,6 +92,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let agents = agents::AgentSeries::new(&mut registry);
+        let store = StoreSeries::new(&mut registry);
         let websocket_connections = Gauge::default();
         let docker_healthy = Gauge::default();
         let container_memory = Family::default();
@@ -187,6 +191,7 @@ impl Metrics {
         Metrics {
             registry,
             agents,
+            store,
             websocket_connections,
             docker_healthy,
             container_memory,

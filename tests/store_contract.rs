@@ -3,6 +3,8 @@
 //! fresh, empty store (or `None`, after `common::skip`, when its database is not installed).
 
 mod common;
+#[path = "store_contract/retention.rs"]
+mod retention;
 
 use std::sync::Arc;
 
@@ -92,6 +94,13 @@ macro_rules! store_contract {
                 committed_events_are_published_in_order_and_the_end_closes_the_feed,
                 a_healthy_store_answers_ping_and_reports_writing,
             );
+            store_contract!(@tests $open, retention;
+                finished_executions_older_than_the_cutoff_go_with_their_events,
+                revenue_stays_when_completed_executions_are_deleted,
+                deletion_goes_in_bounded_batches,
+                concurrent_deletions_take_each_execution_once,
+                the_size_is_reported_and_grows_with_what_is_written,
+            );
         }
     };
     (@tests $open:path; $($test:ident),* $(,)?) => {
@@ -100,6 +109,15 @@ macro_rules! store_contract {
             async fn $test() {
                 let Some(backend) = $open().await else { return };
                 super::$test(&backend).await;
+            }
+        )*
+    };
+    (@tests $open:path, $module:ident; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let Some(backend) = $open().await else { return };
+                super::$module::$test(&backend).await;
             }
         )*
     };

@@ -136,7 +136,8 @@ pub async fn delete(
 pub struct Revenue {
     #[schema(value_type = AgentId)]
     agent_id: String,
-    /// The exact sum of the prices of the agent's completed executions.
+    /// The exact sum of the prices of the agent's completed executions (also of those since
+    /// deleted by retention).
     revenue_wei: Wei,
 }
 

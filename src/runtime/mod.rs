@@ -12,6 +12,7 @@ mod access;
 mod agents;
 mod queue;
 mod recovery;
+mod retention;
 mod shutdown;
 mod supervise;
 mod transition;
@@ -157,6 +158,10 @@ impl Runtime {
         }
         runtime.recover().await?;
         runtime.spawn_container_sweeper(Duration::from_millis(config.docker.sweep_interval_ms));
+        runtime.spawn_retention(
+            config.retention_ms(),
+            Duration::from_secs(config.retention_interval_secs),
+        );
         Ok(runtime)
     }
 

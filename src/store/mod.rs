@@ -198,12 +198,43 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<crate::domain::Event>>;
-    /// Sum of the prices of an agent's completed executions, exact.
+    /// Sum of the prices of an agent's completed executions, exact: those deleted by retention
+    /// included (their sum is kept per agent when they are deleted).
     async fn revenue(&self, agent_id: &str) -> Result<Wei>;
     /// A real round trip to the database, for readiness; an error while writes fail.
     async fn ping(&self) -> Result<()>;
     /// The writer's health, updated when it changes.
     fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth>;
+
+    /// Retention: deletes, in one short transaction, up to `batch.executions` finished
+    /// executions (terminal status) that ended before `cutoff`, oldest end first, with their
+    /// events, stopping before an execution that would bring the events deleted past
+    /// `batch.events` (one execution is always taken). Unfinished executions are never
+    /// deleted, whatever their age. The revenue of deleted COMPLETED executions is kept in a
+    /// per-agent total, so `revenue` does not change. Returns how many executions this call
+    /// deleted: fewer than `batch.executions` means none are left (or only ones over the
+    /// events bound follow); several servers may run it at once, each row is deleted (and
+    /// counted) once.
+    async fn delete_finished_before(&self, cutoff: EpochMs, batch: RetentionBatch) -> Result<u64>;
+    /// The database's size on disk in bytes: for SQLite the main file's pages plus the WAL,
+    /// for PostgreSQL `pg_database_size` of the current database.
+    async fn size_bytes(&self) -> Result<u64>;
+}
+
+/// How much one retention transaction may delete.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionBatch {
+    pub executions: usize,
+    pub events: u64,
+}
+
+impl Default for RetentionBatch {
+    fn default() -> Self {
+        RetentionBatch {
+            executions: 500,
+            events: 50_000,
+        }
+    }
 }
 
 #[cfg(test)]

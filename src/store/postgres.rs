@@ -11,6 +11,7 @@
 //! lock, so replicas that start together apply each one once.
 
 mod reads;
+mod retention;
 mod writes;
 
 use std::collections::HashMap;
@@ -24,14 +25,19 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
 
 use super::{
-    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
-    TransitionOutcome, WriteHealth,
+    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, RetentionBatch, Store, StoreError,
+    Transition, TransitionOutcome, WriteHealth,
 };
 use crate::bus::Bus;
-use crate::domain::{Agent, Event, ExecError, Execution, ExecutionId, ProcessGroup, Wei, now_ms};
+use crate::domain::{
+    Agent, EpochMs, Event, ExecError, Execution, ExecutionId, ProcessGroup, Wei, now_ms,
+};
 
 /// Schema versions, applied in order; `schema_migrations` records those that have run.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_retention.sql"),
+];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;
 /// Connections held at most: writes of different executions run in parallel.
@@ -355,5 +361,18 @@ impl Store for PostgresStore {
 
     fn write_health(&self) -> watch::Receiver<WriteHealth> {
         self.health_watch.clone()
+    }
+
+    async fn delete_finished_before(&self, cutoff: EpochMs, batch: RetentionBatch) -> Result<u64> {
+        // A batch whose commit answer was lost is not repeated: its rows are gone, so a retry
+        // deletes the next ones (and only this call's count misses them).
+        self.write(Persist::UntilOutageLimit, || {
+            retention::delete_finished_before(self, cutoff, batch)
+        })
+        .await
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        retention::size_bytes(self).await
     }
 }

@@ -7,6 +7,7 @@
 //! queued, and a status change is checked against the status machine at the moment it commits.
 
 mod commands;
+mod retention;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -19,11 +20,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::rules::{self, StoredExecution, parse_json};
 use super::{
-    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, Store, StoreError, Transition,
-    TransitionOutcome, WriteHealth,
+    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, RetentionBatch, Store, StoreError,
+    Transition, TransitionOutcome, WriteHealth,
 };
 use crate::bus::Bus;
-use crate::domain::{Agent, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
+use crate::domain::{Agent, EpochMs, Event, Execution, ExecutionId, ProcessGroup, Status, Wei};
 use commands::{Command, Ledger, Record, Reply};
 use writer::Writer;
 
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_process_group.sql"),
     include_str!("migrations/0003_process_cgroup.sql"),
     include_str!("migrations/0004_list_by_id.sql"),
+    include_str!("migrations/0005_retention.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -322,8 +324,11 @@ impl Store for SqliteStore {
         let agent_id = agent_id.to_owned();
         self.readers
             .read(move |conn| {
+                // One statement, one snapshot: an execution is counted either here or, once
+                // retention deleted it, in the retired total.
                 let mut stmt = conn.prepare_cached(
-                    "SELECT price_wei FROM executions WHERE agent_id = ?1 AND status = 'COMPLETED'",
+                    "SELECT price_wei FROM executions WHERE agent_id = ?1 AND status = 'COMPLETED'
+                     UNION ALL SELECT wei FROM retired_revenue WHERE agent_id = ?1",
                 )?;
                 let mut total: u128 = 0;
                 let mut rows = stmt.query([&agent_id])?;
@@ -363,6 +368,22 @@ impl Store for SqliteStore {
 
     fn write_health(&self) -> watch::Receiver<WriteHealth> {
         self.health.clone()
+    }
+
+    async fn delete_finished_before(&self, cutoff: EpochMs, batch: RetentionBatch) -> Result<u64> {
+        self.ask(|reply| Command::DeleteFinished {
+            cutoff,
+            batch,
+            reply,
+        })
+        .await
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        let path = self.readers.path.clone();
+        self.readers
+            .read(move |conn| retention::size_bytes(conn, &path))
+            .await
     }
 }
 

@@ -132,8 +132,11 @@ pub(super) async fn revenue(store: &PostgresStore, agent_id: &str) -> Result<Wei
     let client = store.client().await?;
     let row = client
         .query_typed_one(
-            "SELECT coalesce(sum(price_wei::numeric), 0)::text FROM executions
-             WHERE agent_id = $1 AND status = 'COMPLETED'",
+            // One statement, one snapshot: an execution is counted either here or, once
+            // retention deleted it, in the retired total.
+            "SELECT (coalesce((SELECT sum(price_wei::numeric) FROM executions
+                               WHERE agent_id = $1 AND status = 'COMPLETED'), 0)
+                   + coalesce((SELECT wei FROM retired_revenue WHERE agent_id = $1), 0))::text",
             &[(&agent_id, Type::TEXT)],
         )
         .await?;

@@ -12,10 +12,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::super::{
-    NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome, rules,
+    NewEvent, NewExecution, Result, RetentionBatch, StoreError, Transition, TransitionOutcome,
+    rules,
 };
 use crate::domain::{
-    Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, now_ms,
+    Agent, EpochMs, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status,
+    now_ms,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -51,6 +53,12 @@ pub(super) enum Command {
     Flush {
         reply: Reply<()>,
     },
+    /// One batch of retention (`Store::delete_finished_before`).
+    DeleteFinished {
+        cutoff: EpochMs,
+        batch: RetentionBatch,
+        reply: Reply<u64>,
+    },
 }
 
 /// How a status change is recorded. The writer steps down this list when the database refuses
@@ -79,6 +87,9 @@ impl Command {
             Command::Transition { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
+            Command::DeleteFinished { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
             Command::Append { .. } | Command::RecordProcess { .. } => {}
         }
     }
@@ -94,6 +105,7 @@ pub(super) enum Applied {
     Append(Option<u64>),
     /// The outcome, the status event, and whether the execution ended.
     Transition(TransitionOutcome, Option<Event>, bool),
+    DeleteFinished(u64),
     Nothing,
 }
 
@@ -128,6 +140,12 @@ impl Ledger {
         }
         self.cut_short.insert(id.clone(), error);
         true
+    }
+
+    /// An execution deleted by retention (finished, so nothing of it is pending here).
+    pub(super) fn forget(&mut self, id: &str) {
+        self.active.remove(id);
+        self.cut_short.remove(id);
     }
 
     /// After the final status of `id` is committed.
@@ -220,6 +238,9 @@ pub(super) fn apply(conn: &Connection, ledger: &mut Ledger, command: &Command) -
             Applied::Nothing
         }
         Command::Flush { .. } => Applied::Nothing,
+        Command::DeleteFinished { cutoff, batch, .. } => Applied::DeleteFinished(
+            super::retention::delete_finished_before(conn, ledger, *cutoff, *batch)?,
+        ),
     })
 }
 
@@ -273,6 +294,9 @@ pub(super) fn finish(command: Command, applied: Applied, committed: &mut Committ
         }
         (Command::Flush { reply }, _) => {
             let _ = reply.send(Ok(()));
+        }
+        (Command::DeleteFinished { reply, .. }, Applied::DeleteFinished(deleted)) => {
+            let _ = reply.send(Ok(deleted));
         }
         _ => {}
     }
