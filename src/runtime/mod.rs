@@ -96,6 +96,8 @@ pub struct Runtime {
     /// it exclusively, so the revenue it reads from the store is neither missing a completion
     /// nor counting one twice.
     revenue_gate: tokio::sync::RwLock<()>,
+    /// This replica's name: the owner recorded on the executions it runs.
+    replica_id: String,
 }
 
 impl Runtime {
@@ -140,6 +142,7 @@ impl Runtime {
             default_timeout_secs: config.default_timeout_secs,
             users: known_users(config),
             revenue_gate: tokio::sync::RwLock::new(()),
+            replica_id: config.replica_id.clone(),
         });
         runtime.spawn_lost_stream_stopper(lost_streams);
         for entry in &config.agents {

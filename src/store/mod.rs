@@ -115,6 +115,8 @@ pub struct Transition {
     pub error: Option<ExecError>,
     pub exit_code: Option<i32>,
     pub stats: Option<RunStats>,
+    /// The replica that runs it, recorded with the change to RUNNING.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -37,6 +37,7 @@ use crate::domain::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_retention.sql"),
+    include_str!("migrations/postgres/0003_owner.sql"),
 ];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;

@@ -364,7 +364,7 @@ async fn try_transition(
                  peak_memory_bytes = coalesce($9, peak_memory_bytes),
                  peak_cpu_percent = coalesce($10, peak_cpu_percent),
                  log_lines = log_lines + $11, log_lines_dropped = log_lines_dropped + $12,
-                 last_seq = last_seq + $13
+                 last_seq = last_seq + $13, replica_id = coalesce($14, replica_id)
              WHERE key = $1 RETURNING last_seq",
             &[
                 (&key, Type::INT8),
@@ -380,6 +380,7 @@ async fn try_transition(
                 (&(stats.log_lines as i64), Type::INT8),
                 (&(stats.log_lines_dropped as i64), Type::INT8),
                 (&i64::from(with_event), Type::INT8),
+                (&t.owner.as_deref(), Type::TEXT),
             ],
         )
         .await?;
