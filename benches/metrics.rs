@@ -51,6 +51,7 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         log_lines: 0,
         log_lines_dropped: 0,
         last_seq: 0,
+        replica_id: None,
         agent,
         process: None,
     }

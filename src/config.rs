@@ -13,11 +13,13 @@ use crate::domain::{self, Agent, Runtime, Wei};
 
 mod database;
 mod keys;
+mod replica;
 mod report;
 mod retention;
 
 pub use database::DatabaseUrl;
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
+use replica::{LEASE_MS_MAX, LEASE_MS_MIN, default_replica_id, validate_replica_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +74,12 @@ pub struct Config {
     pub retention_days: u32,
     /// How often retention runs (and the store's size is measured), from start-up on.
     pub retention_interval_secs: u64,
+    /// This replica's name among those sharing one database: the owner shown on the executions
+    /// it runs. By default the host name plus a random suffix, new at each start.
+    pub replica_id: String,
+    /// How long a replica's claim on a running execution lasts unless renewed (it renews every
+    /// third of it): after that, another replica ends the execution FAILED `replica_lost`.
+    pub lease_ms: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     pub logs: LogLimits,
@@ -112,6 +120,8 @@ impl Default for Config {
             nats_url: None,
             retention_days: 0,
             retention_interval_secs: 300,
+            replica_id: default_replica_id(),
+            lease_ms: 30_000,
             max_body_bytes: 1024 * 1024,
             logs: LogLimits::default(),
             health: HealthConfig::default(),
@@ -277,6 +287,8 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<DatabaseUrl>,
 }
 
@@ -307,6 +319,8 @@ impl Config {
                 "nats_url",
                 "retention_days",
                 "retention_interval_secs",
+                "replica_id",
+                "lease_ms",
                 "max_body_bytes",
                 "api_keys_file",
             ]))
@@ -393,6 +407,13 @@ impl Config {
                     "nats_url must be a nats:// or tls:// URL, e.g. nats://nats:4222".into(),
                 );
             }
+        }
+        validate_replica_id(&self.replica_id).map_err(ConfigError::Invalid)?;
+        if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&self.lease_ms) {
+            return invalid(format!(
+                "lease_ms must be between {LEASE_MS_MIN} and {LEASE_MS_MAX}, not {}",
+                self.lease_ms
+            ));
         }
         if self.max_concurrent_executions == 0 {
             return invalid("max_concurrent_executions must be at least 1".into());
@@ -642,6 +663,17 @@ mod tests {
         let loaded = Config::load(Some(Path::new("bare.toml")), Overrides::default());
         std::env::set_current_dir(cwd).unwrap();
         assert_eq!(loaded.unwrap().max_concurrent_executions, 3);
+    }
+
+    #[test]
+    fn lease_ms_and_replica_id_are_checked() {
+        let config = load_str("replica_id = \"r1\"\nlease_ms = 1500").unwrap();
+        assert_eq!((config.replica_id.as_str(), config.lease_ms), ("r1", 1500));
+        assert_eq!(load_str("").unwrap().lease_ms, 30_000);
+        let err = load_str("lease_ms = 10").unwrap_err().to_string();
+        assert!(err.contains("lease_ms must be between 300 and"), "{err}");
+        let err = load_str("replica_id = \"a b\"").unwrap_err().to_string();
+        assert!(err.contains("replica_id must be"), "{err}");
     }
 
     #[test]

@@ -369,6 +369,9 @@ pub struct Execution {
     pub log_lines: u64,
     pub log_lines_dropped: u64,
     pub last_seq: u64,
+    /// The replica that owns (or last owned) the run; null while the execution is PENDING.
+    #[schema(value_type = Option<String>)]
+    pub replica_id: Option<String>,
     /// The agent as it was when the execution was submitted: what runs is what was asked for.
     #[serde(skip)]
     pub agent: Agent,

@@ -14,7 +14,7 @@ use crate::api::ws::Connections;
 use crate::api::{self, AppState, Auth, Mode, SitePolicy};
 use crate::bus::{Bus, LocalBus, NatsBus, NatsError};
 use crate::config::{Config, ConfigError};
-use crate::runtime::{self, Backends, Runtime};
+use crate::runtime::{self, Backends, QueueMode, Runtime};
 use crate::site::SiteError;
 use crate::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 
@@ -53,27 +53,26 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     };
     let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();
     let outage_limit = Duration::from_secs(config.store_outage_limit_secs);
-    let store: Arc<dyn Store> = match &config.database_url {
+    let lease = Duration::from_millis(config.lease_ms);
+    let (store, queue): (Arc<dyn Store>, QueueMode) = match &config.database_url {
         Some(url) => {
             tracing::info!(database = %url, "keeping state in PostgreSQL");
             let options = PostgresOptions { outage_limit };
-            Arc::new(PostgresStore::open(url.expose(), options, bus.clone(), lost).await?)
+            let store = PostgresStore::open(url.expose(), options, bus.clone(), lost).await?;
+            (Arc::new(store), QueueMode::Shared { lease })
         }
         None => {
             let options = SqliteOptions {
                 sync_commits: config.sync_commits,
                 outage_limit,
             };
-            Arc::new(SqliteStore::open(
-                &config.data_dir,
-                options,
-                bus.clone(),
-                lost,
-            )?)
+            let store = SqliteStore::open(&config.data_dir, options, bus.clone(), lost)?;
+            (Arc::new(store), QueueMode::InProcess)
         }
     };
     Ok(Backends {
         store,
+        queue,
         bus,
         lost_streams,
     })

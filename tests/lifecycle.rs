@@ -294,6 +294,9 @@ async fn cancelling_a_queued_execution_never_runs_it() {
     client.wait_status(&running, "RUNNING", WAIT).await;
     let queued = client.submit("marker", json!({})).await;
     assert_eq!(client.execution(&queued).await["status"], "PENDING");
+    assert_eq!(client.execution(&queued).await["replicaId"], json!(null));
+    let owner = client.execution(&running).await["replicaId"].clone();
+    assert!(owner.as_str().is_some_and(|o| !o.is_empty()), "{owner}");
 
     let (status, body) = client
         .post(&format!("/api/executions/{queued}/cancel"), json!({}))

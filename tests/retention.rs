@@ -117,6 +117,7 @@ async fn change(store: &dyn Store, e: &Execution, from: Status, to: Status, at: 
         error: None,
         exit_code: None,
         stats: None,
+        owner: None,
     };
     store.transition(t).await.unwrap();
 }

@@ -168,6 +168,7 @@ fn change(execution: &Execution, from: Status, to: Status) -> Transition {
         error: None,
         exit_code: None,
         stats: None,
+        owner: (to == Status::Running).then(|| "replica-a".to_owned()),
     }
 }
 
@@ -289,6 +290,11 @@ async fn a_change_applies_from_the_expected_status_with_its_event(b: &Backend) {
     let started = get(b, &e).await;
     assert_eq!(started.status, Status::Running);
     assert!(started.started_at.is_some() && started.finished_at.is_none());
+    assert_eq!(
+        started.replica_id.as_deref(),
+        Some("replica-a"),
+        "the owner"
+    );
 
     let mut done = change(&e, Status::Running, Status::Completed);
     done.output = Some(json!({"answer": 42}));
@@ -313,6 +319,7 @@ async fn a_change_applies_from_the_expected_status_with_its_event(b: &Backend) {
     assert_eq!((ended.log_lines, ended.log_lines_dropped), (3, 1));
     assert!(ended.finished_at.is_some() && ended.duration_ms.is_some());
     assert_eq!(ended.last_seq, 3);
+    assert_eq!(ended.replica_id.as_deref(), Some("replica-a"), "kept");
 
     let events = all_events(b, &e).await;
     assert_eq!(seqs(&events), [1, 2, 3]);

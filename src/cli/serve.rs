@@ -37,6 +37,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// This replica's name among those sharing one database (default: the host name plus a
+    /// random suffix); overrides the configuration
+    #[arg(long, value_name = "NAME", env = "AGENTNEXUS_REPLICA_ID")]
+    replica_id: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> ExitCode {
@@ -44,6 +48,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         bind: args.bind,
         data_dir: args.data_dir,
         nats_url: args.nats_url,
+        replica_id: args.replica_id,
         database_url: args.database_url.map(DatabaseUrl::new),
     };
     let config = match Config::load(args.config.as_deref(), overrides) {

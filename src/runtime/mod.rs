@@ -10,6 +10,7 @@
 
 mod access;
 mod agents;
+mod claims;
 mod queue;
 mod recovery;
 mod retention;
@@ -72,12 +73,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// store announces the streams it cut short.
 pub struct Backends {
     pub store: Arc<dyn Store>,
+    pub queue: QueueMode,
     pub bus: Arc<dyn Bus>,
     pub lost_streams: tokio::sync::mpsc::UnboundedReceiver<LostStream>,
 }
 
+/// Where PENDING executions wait, chosen with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// In this process, in arrival order: the store is this server's alone.
+    InProcess,
+    /// In the shared store: each replica claims the oldest one when it has a free slot, and
+    /// holds a lease of this length on what it runs (see `claims`).
+    Shared { lease: Duration },
+}
+
 pub struct Runtime {
     store: Arc<dyn Store>,
+    queue: QueueMode,
+    /// Wakes the claimer of a shared queue at once when an execution is submitted here.
+    submitted: tokio::sync::Notify,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
     docker: Arc<DockerProbe>,
@@ -96,6 +111,8 @@ pub struct Runtime {
     /// it exclusively, so the revenue it reads from the store is neither missing a completion
     /// nor counting one twice.
     revenue_gate: tokio::sync::RwLock<()>,
+    /// This replica's name: the owner recorded on the executions it runs.
+    replica_id: String,
 }
 
 impl Runtime {
@@ -105,6 +122,7 @@ impl Runtime {
     pub async fn start(config: &Config, backends: Backends) -> Result<Arc<Runtime>> {
         let Backends {
             store,
+            queue,
             bus,
             lost_streams,
         } = backends;
@@ -114,6 +132,8 @@ impl Runtime {
         let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
         let runtime = Arc::new(Runtime {
             store,
+            queue,
+            submitted: tokio::sync::Notify::new(),
             bus,
             docker: docker.clone(),
             metrics,
@@ -140,6 +160,7 @@ impl Runtime {
             default_timeout_secs: config.default_timeout_secs,
             users: known_users(config),
             revenue_gate: tokio::sync::RwLock::new(()),
+            replica_id: config.replica_id.clone(),
         });
         runtime.spawn_lost_stream_stopper(lost_streams);
         for entry in &config.agents {
@@ -157,6 +178,10 @@ impl Runtime {
                 .register_agent(&agent, &runtime.users, revenue.0);
         }
         runtime.recover().await?;
+        if let QueueMode::Shared { lease } = queue {
+            runtime.spawn_claimer();
+            runtime.spawn_lease_keeper(lease);
+        }
         runtime.spawn_container_sweeper(Duration::from_millis(config.docker.sweep_interval_ms));
         runtime.spawn_retention(
             config.retention_ms(),

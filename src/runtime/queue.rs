@@ -13,7 +13,7 @@ use crate::store::NewExecution;
 
 use super::supervise::{Handle, StopReason};
 use super::transition::Change;
-use super::{Caller, Error, Result, Runtime};
+use super::{Caller, Error, QueueMode, Result, Runtime};
 
 impl Runtime {
     /// Durably records a PENDING execution and queues it.
@@ -50,7 +50,10 @@ impl Runtime {
             })
             .await?;
         self.metrics.submitted(&execution);
-        self.enqueue(execution.clone());
+        match self.queue {
+            QueueMode::InProcess => self.enqueue(execution.clone()),
+            QueueMode::Shared { .. } => self.submitted.notify_one(),
+        }
         Ok(execution)
     }
     /// Cancels a queued or running execution and waits (boundedly) until it has ended.
@@ -58,6 +61,13 @@ impl Runtime {
         let execution = self.execution(caller, id).await?;
         let handle = self.handles.lock().unwrap().get(id).cloned();
         let Some(handle) = handle else {
+            if let (QueueMode::Shared { .. }, Status::Pending) = (self.queue, execution.status) {
+                // Waiting in the shared queue: whichever change comes first wins.
+                let cancelled = ExecError::new("cancelled", "cancelled before it started");
+                let change = Change::to(Status::Cancelled).error(cancelled);
+                self.transition(&execution, Status::Pending, change).await?;
+                return self.execution(caller, id).await;
+            }
             if !execution.status.is_terminal() {
                 // Queued work is parked while the runtime shuts down.
                 return Err(Error::ShuttingDown);

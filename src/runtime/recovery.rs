@@ -16,7 +16,7 @@ use crate::stream::Recorder;
 
 use super::supervise::StopReason;
 use super::transition::Change;
-use super::{Result, Runtime};
+use super::{QueueMode, Result, Runtime};
 
 impl Runtime {
     /// Executions left RUNNING by a previous run: a process agent cannot be re-attached, so
@@ -27,7 +27,17 @@ impl Runtime {
     /// container of ours is a leftover and is removed. (Executors remove their containers
     /// before reporting, so leftovers appear only next to RUNNING docker executions.)
     pub(super) async fn recover(self: &Arc<Self>) -> Result<()> {
-        let unfinished = self.store.unfinished_executions().await?;
+        let mut unfinished = self.store.unfinished_executions().await?;
+        if let QueueMode::Shared { .. } = self.queue {
+            // Of a shared queue, PENDING executions are claimed like new ones, and RUNNING ones
+            // of other replicas are theirs, or taken over once their leases expire: this
+            // replica recovers only what it ran itself under the same name (or what was
+            // started before leases existed).
+            unfinished.retain(|e| {
+                e.status == Status::Running
+                    && e.replica_id.as_ref().is_none_or(|r| *r == self.replica_id)
+            });
+        }
         let mut containers: HashMap<String, OwnedContainer> = HashMap::new();
         // Only asked when needed: a start must not wait on a daemon that is of no concern.
         let docker_running = unfinished.iter().any(|e| {

@@ -54,6 +54,25 @@ impl Runtime {
         {
             return Ok(());
         }
+        self.run_started(execution, handle, permit).await
+    }
+
+    /// Runs an execution the store marked RUNNING as it was claimed (`claims`).
+    pub(super) async fn run_claimed(
+        &self,
+        execution: Execution,
+        handle: &Handle,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<()> {
+        self.run_started(execution, handle, permit).await
+    }
+
+    async fn run_started(
+        &self,
+        execution: Execution,
+        handle: &Handle,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<()> {
         let started = Instant::now();
         let _running = self.metrics.running(&execution);
 

@@ -32,7 +32,7 @@ impl Runtime {
         };
         let outcome = self
             .store
-            .transition(change.request(&execution.execution_id, from))
+            .transition(change.request(&execution.execution_id, from, &self.replica_id))
             .await?;
         tracing::debug!(execution = %execution.execution_id, %from, %to, ?outcome, "transition");
         let recorded = match outcome {
@@ -66,8 +66,10 @@ impl Change {
         }
     }
 
-    /// The store's request for this change of execution `id` from status `from`.
-    pub(super) fn request(self, id: &ExecutionId, from: Status) -> Transition {
+    /// The store's request for this change of execution `id` from status `from`, made by
+    /// replica `replica`: the one that runs it, when the change is to RUNNING.
+    pub(super) fn request(self, id: &ExecutionId, from: Status, replica: &str) -> Transition {
+        let owner = (self.to == Status::Running).then(|| replica.to_owned());
         Transition {
             id: id.clone(),
             from,
@@ -77,6 +79,7 @@ impl Change {
             error: self.error,
             exit_code: self.exit_code,
             stats: self.stats,
+            owner,
         }
     }
 

@@ -15,6 +15,8 @@ mod sqlite;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -43,6 +45,9 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// The write's execution is no longer this replica's: its lease was lost or moved on.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The store has not been able to write for longer than its outage limit.
     #[error("the store cannot write: {0}")]
     Unavailable(String),
@@ -115,6 +120,8 @@ pub struct Transition {
     pub error: Option<ExecError>,
     pub exit_code: Option<i32>,
     pub stats: Option<RunStats>,
+    /// The replica that runs it, recorded with the change to RUNNING.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +210,23 @@ pub trait Store: Send + Sync + 'static {
     async fn revenue(&self, agent_id: &str) -> Result<Wei>;
     /// A real round trip to the database, for readiness; an error while writes fail.
     async fn ping(&self) -> Result<()>;
+    /// Claims the oldest PENDING execution for `replica`, taking its lease for `lease`, and
+    /// marks it RUNNING with its status event, in one transaction; `None` if none is waiting.
+    /// For stores shared between replicas: a store of one server queues in process, and
+    /// claims nothing.
+    async fn claim_next(&self, _replica: &str, _lease: Duration) -> Result<Option<Execution>> {
+        Ok(None)
+    }
+    /// Renews the leases `replica` holds. Those it cannot renew before they expire are lost:
+    /// their streams are cut short (announced like any other) and their writes refused.
+    async fn renew_leases(&self, _replica: &str, _lease: Duration) -> Result<()> {
+        Ok(())
+    }
+    /// Takes over expired leases and ends their executions FAILED `replica_lost` with their
+    /// final event; returns those executions.
+    async fn take_over_expired(&self, _replica: &str) -> Result<Vec<ExecutionId>> {
+        Ok(Vec::new())
+    }
     /// The writer's health, updated when it changes.
     fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth>;
 

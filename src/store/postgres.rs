@@ -10,6 +10,7 @@
 //! published to the bus after the commit. Migrations run under a transaction-level advisory
 //! lock, so replicas that start together apply each one once.
 
+mod leases;
 mod reads;
 mod retention;
 mod writes;
@@ -37,6 +38,8 @@ use crate::domain::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_retention.sql"),
+    include_str!("migrations/postgres/0003_owner.sql"),
+    include_str!("migrations/postgres/0004_leases.sql"),
 ];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;
@@ -68,6 +71,10 @@ pub struct PostgresStore {
     outage_limit: Duration,
     /// Executions whose streams were cut short, until their final status is committed.
     cut_short: Mutex<HashMap<ExecutionId, ExecError>>,
+    /// The leases this replica took, until their executions end (`leases`).
+    leases: Mutex<HashMap<ExecutionId, leases::Held>>,
+    /// When the leases were last renewed (or none were held).
+    last_renewal: Mutex<Instant>,
 }
 
 /// How long a write keeps trying through a passing fault.
@@ -119,6 +126,8 @@ impl PostgresStore {
             health_watch,
             outage_limit: options.outage_limit,
             cut_short: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            last_renewal: Mutex::new(Instant::now()),
         };
         store.migrate().await?;
         Ok(store)
@@ -357,6 +366,18 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    async fn claim_next(&self, replica: &str, lease: Duration) -> Result<Option<Execution>> {
+        leases::claim_next(self, replica, lease).await
+    }
+
+    async fn renew_leases(&self, replica: &str, lease: Duration) -> Result<()> {
+        leases::renew(self, replica, lease).await
+    }
+
+    async fn take_over_expired(&self, replica: &str) -> Result<Vec<ExecutionId>> {
+        leases::take_over_expired(self, replica).await
     }
 
     fn write_health(&self) -> watch::Receiver<WriteHealth> {

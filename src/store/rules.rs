@@ -108,6 +108,7 @@ pub fn new_execution(new: &NewExecution) -> Execution {
         log_lines: 0,
         log_lines_dropped: 0,
         last_seq: 1,
+        replica_id: None,
         agent: new.agent.clone(),
         process: None,
     }
@@ -140,6 +141,7 @@ pub struct StoredExecution {
     pub process_group: Option<i32>,
     pub process_started: Option<i64>,
     pub process_cgroup: Option<String>,
+    pub replica_id: Option<String>,
 }
 
 impl StoredExecution {
@@ -177,6 +179,7 @@ impl StoredExecution {
             log_lines: self.log_lines as u64,
             log_lines_dropped: self.log_lines_dropped as u64,
             last_seq: self.last_seq as u64,
+            replica_id: self.replica_id,
             agent,
             process,
         })
@@ -216,6 +219,7 @@ mod tests {
             error: None,
             exit_code: None,
             stats: None,
+            owner: None,
         }
     }
 

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_process_cgroup.sql"),
     include_str!("migrations/0004_list_by_id.sql"),
     include_str!("migrations/0005_retention.sql"),
+    include_str!("migrations/0006_owner.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -390,7 +391,7 @@ impl Store for SqliteStore {
 const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
-    process_group, process_started, process_cgroup";
+    process_group, process_started, process_cgroup, replica_id";
 
 /// Reads a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
@@ -417,6 +418,7 @@ fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
         process_group: row.get(19)?,
         process_started: row.get(20)?,
         process_cgroup: row.get(21)?,
+        replica_id: row.get(22)?,
     };
     Ok(stored.into_execution())
 }

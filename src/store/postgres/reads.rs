@@ -8,10 +8,10 @@ use super::super::{ExecutionFilter, Result, StoreError};
 use super::PostgresStore;
 use crate::domain::{Agent, Event, Execution, ExecutionId, Status, Wei};
 
-const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
+pub(super) const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
-    process_group, process_started, process_cgroup";
+    process_group, process_started, process_cgroup, replica_id";
 
 pub(super) async fn get_agent(store: &PostgresStore, id: &str) -> Result<Option<(Agent, bool)>> {
     let client = store.client().await?;
@@ -148,7 +148,7 @@ pub(super) async fn revenue(store: &PostgresStore, agent_id: &str) -> Result<Wei
     })
 }
 
-fn read_execution(row: &Row) -> Result<Execution> {
+pub(super) fn read_execution(row: &Row) -> Result<Execution> {
     let stored = StoredExecution {
         id: row.get(0),
         agent_id: row.get(1),
@@ -172,6 +172,7 @@ fn read_execution(row: &Row) -> Result<Execution> {
         process_group: row.get(19),
         process_started: row.get(20),
         process_cgroup: row.get(21),
+        replica_id: row.get(22),
     };
     stored.into_execution()
 }

@@ -11,7 +11,7 @@ use tokio_postgres::types::Type;
 
 use super::super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
 use super::super::{rules, rules::Decided};
-use super::{Persist, PostgresStore};
+use super::{Persist, PostgresStore, leases};
 use crate::domain::{Agent, Event, ExecError, ExecutionId, ProcessGroup, Status, now_ms};
 
 pub(super) async fn put_agent(
@@ -108,6 +108,9 @@ pub(super) async fn append(
             store.publish(id, events, false);
         }
         Ok(None) => {}
+        Err(StoreError::Fenced(why)) => {
+            store.cut_short(id, ExecError::new("replica_lost", why));
+        }
         Err(StoreError::Unavailable(why)) => {
             let why = format!(
                 "the store could not write for more than {:?} ({why}); the events after the last stored one are lost",
@@ -141,7 +144,7 @@ async fn try_append(
     let row = tx
         .query_typed_opt(
             "UPDATE executions SET last_seq = last_seq + $2 WHERE id = $1
-             RETURNING key, status, last_seq",
+             RETURNING key, status, last_seq, lease_epoch",
             &[(&id.as_str(), Type::TEXT), (&count, Type::INT8)],
         )
         .await?;
@@ -151,6 +154,10 @@ async fn try_append(
         return Ok(None);
     };
     let status: Status = row.get::<_, &str>(1).parse().map_err(StoreError::Corrupt)?;
+    if let Err(fenced) = leases::fence(store, id, row.get(3)) {
+        tx.rollback().await?;
+        return Err(fenced);
+    }
     if !rules::takes_events(status) {
         tx.rollback().await?;
         tracing::debug!(execution = %id, count, "events after the end were discarded");
@@ -199,7 +206,7 @@ async fn committed_nonetheless(
 }
 
 /// Inserts events numbered from `first` in one statement (arrays unnested in order).
-async fn insert_events(
+pub(super) async fn insert_events(
     tx: &Transaction<'_>,
     key: i64,
     first: i64,
@@ -290,6 +297,7 @@ pub(super) async fn transition(store: &PostgresStore, t: Transition) -> Result<T
             }) => {
                 if ended {
                     store.cut_short.lock().unwrap().remove(&t.id);
+                    leases::release(store, &t.id);
                 }
                 // Also without an event (recorded in the row only): followers learn of the end.
                 store.publish(&t.id, event.into_iter().collect(), ended);
@@ -298,6 +306,7 @@ pub(super) async fn transition(store: &PostgresStore, t: Transition) -> Result<T
             Ok(Changed::Refused(current)) => {
                 if current.is_terminal() {
                     store.cut_short.lock().unwrap().remove(&t.id);
+                    leases::release(store, &t.id);
                 }
                 return Ok(TransitionOutcome::Refused(current));
             }
@@ -331,7 +340,7 @@ async fn try_transition(
     let tx = client.transaction().await?;
     let row = tx
         .query_typed_opt(
-            "SELECT key, status FROM executions WHERE id = $1 FOR UPDATE",
+            "SELECT key, status, lease_epoch FROM executions WHERE id = $1 FOR UPDATE",
             &[(&t.id.as_str(), Type::TEXT)],
         )
         .await?;
@@ -340,6 +349,10 @@ async fn try_transition(
     };
     let key: i64 = row.get(0);
     let current: Status = row.get::<_, &str>(1).parse().map_err(StoreError::Corrupt)?;
+    if leases::fence(store, &t.id, row.get(2)).is_err() {
+        tx.rollback().await?;
+        return Ok(Changed::Refused(current));
+    }
     let Decided {
         to,
         output,
@@ -364,7 +377,7 @@ async fn try_transition(
                  peak_memory_bytes = coalesce($9, peak_memory_bytes),
                  peak_cpu_percent = coalesce($10, peak_cpu_percent),
                  log_lines = log_lines + $11, log_lines_dropped = log_lines_dropped + $12,
-                 last_seq = last_seq + $13
+                 last_seq = last_seq + $13, replica_id = coalesce($14, replica_id)
              WHERE key = $1 RETURNING last_seq",
             &[
                 (&key, Type::INT8),
@@ -380,6 +393,7 @@ async fn try_transition(
                 (&(stats.log_lines as i64), Type::INT8),
                 (&(stats.log_lines_dropped as i64), Type::INT8),
                 (&i64::from(with_event), Type::INT8),
+                (&t.owner.as_deref(), Type::TEXT),
             ],
         )
         .await?;
@@ -399,7 +413,7 @@ async fn try_transition(
     })
 }
 
-fn numbered(event: NewEvent, seq: u64) -> Event {
+pub(super) fn numbered(event: NewEvent, seq: u64) -> Event {
     Event {
         seq,
         kind: event.kind,

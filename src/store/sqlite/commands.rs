@@ -463,7 +463,8 @@ fn transition_to(
              output = ?5, error_kind = ?6, error_message = ?7, exit_code = ?8,
              peak_memory_bytes = coalesce(?9, peak_memory_bytes),
              peak_cpu_percent = coalesce(?10, peak_cpu_percent),
-             log_lines = log_lines + ?11, log_lines_dropped = log_lines_dropped + ?12
+             log_lines = log_lines + ?11, log_lines_dropped = log_lines_dropped + ?12,
+             replica_id = coalesce(?13, replica_id)
          WHERE key = ?1",
     )?
     .execute(params![
@@ -479,6 +480,7 @@ fn transition_to(
         stats.peak_cpu_percent,
         stats.log_lines as i64,
         stats.log_lines_dropped as i64,
+        t.owner.as_deref(),
     ])?;
     let event = match record {
         Record::RowOnly(_) => None,

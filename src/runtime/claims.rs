@@ -1,0 +1,84 @@
+//! The shared queue of replicas on one database: a replica with a free slot claims the oldest
+//! PENDING execution from the store (whoever it was submitted to), woken by submissions here
+//! and otherwise polling; it renews the leases on what it runs and takes over the expired
+//! leases of replicas that stopped renewing (their executions end FAILED `replica_lost`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{QueueMode, Runtime};
+
+/// How often a replica looks for PENDING executions submitted elsewhere, or for a slot freed.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
+
+impl Runtime {
+    /// Claims executions while slots are free, until the runtime shuts down or is dropped.
+    pub(super) fn spawn_claimer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(runtime) = weak.upgrade() else {
+                    return;
+                };
+                if runtime.permits.is_closed() {
+                    return;
+                }
+                runtime.claim_while_free().await;
+                tokio::select! {
+                    _ = runtime.submitted.notified() => {}
+                    _ = tokio::time::sleep(CLAIM_POLL) => {}
+                }
+            }
+        });
+    }
+
+    async fn claim_while_free(self: &Arc<Self>) {
+        let QueueMode::Shared { lease } = self.queue else {
+            return;
+        };
+        loop {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.store.claim_next(&self.replica_id, lease).await {
+                Ok(Some(execution)) => {
+                    self.spawn_tracked(execution, |runtime, execution, handle| async move {
+                        runtime.run_claimed(execution, &handle, permit).await
+                    })
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a PENDING execution");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Renews this replica's leases every third of a lease and takes over expired ones.
+    pub(super) fn spawn_lease_keeper(self: &Arc<Self>, lease: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(runtime) = weak.upgrade() else {
+                    return;
+                };
+                let replica = runtime.replica_id.as_str();
+                if let Err(e) = runtime.store.renew_leases(replica, lease).await {
+                    tracing::warn!(error = %e, "cannot renew leases");
+                }
+                match runtime.store.take_over_expired(replica).await {
+                    Ok(ended) => {
+                        for id in ended {
+                            tracing::warn!(execution = %id, "its replica was lost: FAILED replica_lost");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot look for expired leases"),
+                }
+            }
+        });
+    }
+}

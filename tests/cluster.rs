@@ -1,0 +1,162 @@
+//! Several `agentnexus serve` replicas on one PostgreSQL database: each PENDING execution,
+//! whichever replica it was submitted to, runs exactly once on one of them; when the replica
+//! running an execution dies, a survivor ends it FAILED `replica_lost` with its final event;
+//! a replica that was frozen past its lease writes nothing more for it and stops its agent.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::postgres::{Route, database};
+use common::{Client, ServerProcess, assert_gapless, statuses, write_config};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const LEASE_MS: u64 = 1500;
+
+/// Agents that leave a trace of each run in `runs`: one line per run, its input, written at once
+/// (so that runs at the same time do not mix their lines).
+fn agents(runs: &Path) -> String {
+    let runs = runs.display();
+    format!(
+        r#"
+[[agents]]
+id = "count"
+name = "Count"
+price_wei = "1"
+runtime = {{ type = "process", command = "sh", args = ["-c", "printf '%s\\n' \"$(cat)\" >> {runs}; echo '{{}}'"] }}
+
+[[agents]]
+id = "long"
+name = "Long"
+price_wei = "1"
+runtime = {{ type = "process", command = "sh", args = ["-c", "echo started; echo $$ > {runs}.pid; while true; do echo tick; sleep 0.2; done"] }}
+"#
+    )
+}
+
+struct Cluster {
+    replicas: Vec<ServerProcess>,
+    runs: PathBuf,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn cluster(size: usize) -> Option<Cluster> {
+    let url = database(Route::Direct)?;
+    let shared = tempfile::tempdir().unwrap();
+    let runs = shared.path().join("runs");
+    let mut dirs = vec![shared];
+    let mut replicas = Vec::new();
+    for i in 0..size {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!(
+            "database_url = \"{url}\"\nreplica_id = \"replica-{i}\"\nlease_ms = {LEASE_MS}\nmax_concurrent_executions = 4\n{}",
+            agents(&runs)
+        );
+        replicas.push(ServerProcess::spawn(&write_config(dir.path(), &extra)));
+        dirs.push(dir);
+    }
+    Some(Cluster {
+        replicas,
+        runs,
+        _dirs: dirs,
+    })
+}
+
+impl Cluster {
+    fn client(&self, i: usize) -> Client {
+        self.replicas[i % self.replicas.len()].client()
+    }
+
+    fn index_of(&self, replica_id: &Value) -> usize {
+        let name = replica_id.as_str().expect("an owner");
+        name.trim_start_matches("replica-").parse().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_submitted_to_any_replica_each_run_exactly_once() {
+    let Some(cluster) = cluster(3) else { return };
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let id = cluster.client(n).submit("count", json!({"n": n})).await;
+        ids.push(id);
+    }
+    let mut owners = std::collections::BTreeSet::new();
+    for id in &ids {
+        let done = cluster.client(0).wait_terminal(id, WAIT).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        owners.insert(done["replicaId"].as_str().unwrap().to_owned());
+        let events = cluster.client(1).all_events(id).await;
+        assert_gapless(&events);
+        assert_eq!(statuses(&events), ["PENDING", "RUNNING", "COMPLETED"]);
+    }
+    let runs = std::fs::read_to_string(&cluster.runs).unwrap();
+    let mut seen: Vec<&str> = runs.lines().filter(|l| !l.is_empty()).collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..30).map(|n| json!({"n": n}).to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each execution ran exactly once");
+    assert!(!owners.is_empty(), "{owners:?}");
+}
+
+/// Starts a long execution and waits until its agent runs; returns its id and its owner.
+async fn long_running(cluster: &Cluster) -> (String, usize) {
+    let id = cluster.client(0).submit("long", json!({})).await;
+    let running = cluster.client(0).wait_status(&id, "RUNNING", WAIT).await;
+    let owner = cluster.index_of(&running["replicaId"]);
+    (id, owner)
+}
+
+fn ends_replica_lost(done: &Value, events: &[Value]) {
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["error"]["kind"], "replica_lost", "{done}");
+    assert_gapless(events);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "status", "{last}");
+    assert_eq!(last["data"]["status"], "FAILED", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execution_of_a_killed_replica_ends_replica_lost_on_a_survivor() {
+    let Some(mut cluster) = cluster(2) else {
+        return;
+    };
+    let (id, owner) = long_running(&cluster).await;
+    cluster.replicas[owner].kill9();
+    let survivor = cluster.client(owner + 1);
+    let done = survivor.wait_terminal(&id, WAIT).await;
+    let events = survivor.all_events(&id).await;
+    ends_replica_lost(&done, &events);
+    assert_eq!(done["replicaId"], format!("replica-{}", (owner + 1) % 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_frozen_past_its_lease_writes_nothing_more_and_stops_its_agent() {
+    let Some(cluster) = cluster(2) else { return };
+    let (id, owner) = long_running(&cluster).await;
+    let pid = cluster.replicas[owner].child.id() as i32;
+    let survivor = cluster.client(owner + 1);
+    // SAFETY: signals a child of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let done = survivor.wait_terminal(&id, WAIT).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let before = survivor.all_events(&id).await;
+    ends_replica_lost(&done, &before);
+
+    // The thawed owner finds its lease lost: it stops the agent and stores nothing more.
+    let agent: i32 = std::fs::read_to_string(format!("{}.pid", cluster.runs.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !common::process_is_gone(agent) {
+        assert!(std::time::Instant::now() < deadline, "the agent still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
+    let after = survivor.all_events(&id).await;
+    assert_eq!(after, before, "nothing was stored after the lease was lost");
+}
