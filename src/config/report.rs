@@ -32,6 +32,11 @@ pub fn describe(mut e: figment::Error) -> String {
     let source = match &e.metadata {
         Some(md) if env_prefix(md).is_some() => " (in the environment)".to_owned(),
         Some(md) => match &md.source {
+            // The path as the user gave it: figment's own display shortens it relative to the
+            // working directory, which then depends on where `serve` was started.
+            Some(figment::Source::File(path)) => {
+                format!(" (in {} {})", path.display(), md.name)
+            }
             Some(source) => format!(" (in {source} {})", md.name),
             None => format!(" (in {})", md.name),
         },
