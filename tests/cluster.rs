@@ -1,7 +1,8 @@
 //! Several `agentnexus serve` replicas on one PostgreSQL database: each PENDING execution,
 //! whichever replica it was submitted to, runs exactly once on one of them; when the replica
 //! running an execution dies, a survivor ends it FAILED `replica_lost` with its final event;
-//! a replica that was frozen past its lease writes nothing more for it and stops its agent.
+//! a replica that was frozen past its lease writes nothing more for it and stops its agent; a
+//! cancel through any replica reaches the replica running the execution.
 
 mod common;
 
@@ -132,6 +133,45 @@ async fn the_execution_of_a_killed_replica_ends_replica_lost_on_a_survivor() {
     assert_eq!(done["replicaId"], format!("replica-{}", (owner + 1) % 2));
 }
 
+/// The pid the `long` agent wrote when it started.
+fn long_agent_pid(cluster: &Cluster) -> i32 {
+    std::fs::read_to_string(format!("{}.pid", cluster.runs.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn wait_gone(pid: i32) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !common::process_is_gone(pid) {
+        assert!(std::time::Instant::now() < deadline, "the agent still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_a_replica_that_does_not_run_the_execution_stops_it() {
+    let Some(cluster) = cluster(2) else { return };
+    let (id, owner) = long_running(&cluster).await;
+    let other = cluster.client(owner + 1);
+    let (code, answer) = other
+        .post(&format!("/api/executions/{id}/cancel"), json!({}))
+        .await;
+    assert!(code.is_success(), "{code}: {answer}");
+    assert_eq!(answer["executionId"], id, "{answer}");
+    let done = other.wait_terminal(&id, WAIT).await;
+    assert_eq!(done["status"], "CANCELLED", "{done}");
+    assert_eq!(done["error"]["kind"], "cancelled", "{done}");
+    assert_eq!(done["replicaId"], format!("replica-{owner}"), "{done}");
+    let events = other.all_events(&id).await;
+    assert_gapless(&events);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "status", "{last}");
+    assert_eq!(last["data"]["status"], "CANCELLED", "{last}");
+    wait_gone(long_agent_pid(&cluster)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_frozen_past_its_lease_writes_nothing_more_and_stops_its_agent() {
     let Some(cluster) = cluster(2) else { return };
@@ -146,16 +186,7 @@ async fn a_replica_frozen_past_its_lease_writes_nothing_more_and_stops_its_agent
     ends_replica_lost(&done, &before);
 
     // The thawed owner finds its lease lost: it stops the agent and stores nothing more.
-    let agent: i32 = std::fs::read_to_string(format!("{}.pid", cluster.runs.display()))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !common::process_is_gone(agent) {
-        assert!(std::time::Instant::now() < deadline, "the agent still runs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(long_agent_pid(&cluster)).await;
     tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
     let after = survivor.all_events(&id).await;
     assert_eq!(after, before, "nothing was stored after the lease was lost");

@@ -2,7 +2,7 @@
 //! PgBouncer, with one store per replica on one database: each PENDING execution is claimed
 //! once, RUNNING in the same transaction; an owner that cannot renew in time has its writes
 //! refused, and the lease taken over ends the execution FAILED `replica_lost` with its final
-//! event.
+//! event; a cancel requested through any replica reaches the owner as it renews.
 //! (The embedded store queues in process and claims nothing; its queue is tested end to end.)
 
 mod common;
@@ -173,6 +173,33 @@ async fn a_lost_lease_fences_its_owner_and_is_taken_over_as_replica_lost(route: 
     assert_eq!(events[2].kind, EventKind::Status);
 }
 
+async fn a_cancel_requested_elsewhere_reaches_the_owner_as_it_renews(route: Route) {
+    let Some((a, b)) = replicas(route).await else {
+        return;
+    };
+    let cancelled = submit(&a.store).await;
+    let kept = submit(&a.store).await;
+    for _ in 0..2 {
+        a.store.claim_next("a", LEASE).await.unwrap().unwrap();
+    }
+    assert!(a.store.renew_leases("a", LEASE).await.unwrap().is_empty());
+    b.store.request_cancel(&cancelled).await.unwrap();
+    assert_eq!(
+        a.store.renew_leases("a", LEASE).await.unwrap(),
+        std::slice::from_ref(&cancelled),
+        "only the execution whose cancel was requested, not {kept}"
+    );
+    let pending = submit(&a.store).await;
+    b.store.request_cancel(&pending).await.unwrap();
+    let claimed = a.store.claim_next("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.execution_id, pending);
+    assert_eq!(
+        a.store.renew_leases("a", LEASE).await.unwrap(),
+        [cancelled],
+        "a request on an execution not yet RUNNING is not recorded"
+    );
+}
+
 macro_rules! leases {
     ($backend:ident, $route:expr) => {
         mod $backend {
@@ -185,6 +212,11 @@ macro_rules! leases {
             async fn a_lost_lease_fences_its_owner_and_is_taken_over_as_replica_lost() {
                 super::a_lost_lease_fences_its_owner_and_is_taken_over_as_replica_lost($route)
                     .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_cancel_requested_elsewhere_reaches_the_owner_as_it_renews() {
+                super::a_cancel_requested_elsewhere_reaches_the_owner_as_it_renews($route).await;
             }
         }
     };

@@ -1,12 +1,15 @@
 //! The shared queue of replicas on one database: a replica with a free slot claims the oldest
 //! PENDING execution from the store (whoever it was submitted to), woken by submissions here
 //! and otherwise polling; it renews the leases on what it runs and takes over the expired
-//! leases of replicas that stopped renewing (their executions end FAILED `replica_lost`).
+//! leases of replicas that stopped renewing (their executions end FAILED `replica_lost`), and
+//! stops what it runs whose cancel another replica requested (learnt as it renews).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::supervise::StopReason;
 use super::{QueueMode, Runtime};
+use crate::domain::ExecutionId;
 
 /// How often a replica looks for PENDING executions submitted elsewhere, or for a slot freed.
 const CLAIM_POLL: Duration = Duration::from_millis(250);
@@ -67,8 +70,9 @@ impl Runtime {
                     return;
                 };
                 let replica = runtime.replica_id.as_str();
-                if let Err(e) = runtime.store.renew_leases(replica, lease).await {
-                    tracing::warn!(error = %e, "cannot renew leases");
+                match runtime.store.renew_leases(replica, lease).await {
+                    Ok(cancelled) => runtime.stop_cancelled(&cancelled),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
                 }
                 match runtime.store.take_over_expired(replica).await {
                     Ok(ended) => {
@@ -80,5 +84,16 @@ impl Runtime {
                 }
             }
         });
+    }
+
+    /// Stops, like a local cancel, the executions whose cancel another replica requested.
+    fn stop_cancelled(&self, ids: &[ExecutionId]) {
+        let handles = self.handles.lock().unwrap();
+        for id in ids {
+            if let Some(handle) = handles.get(id.as_str()) {
+                tracing::info!(execution = %id, "cancel requested through another replica");
+                handle.request_stop(StopReason::Cancelled);
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Submitting and queueing: an accepted execution is stored PENDING, then waits as a tracked
 //! task for a slot under the concurrency limit, in arrival order; cancel reaches it through its
-//! handle while it waits or runs.
+//! handle while it waits or runs, or, when another replica runs it, through the store.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,6 +14,10 @@ use crate::store::NewExecution;
 use super::supervise::{Handle, StopReason};
 use super::transition::Change;
 use super::{Caller, Error, QueueMode, Result, Runtime};
+
+/// How often a cancel through a replica that does not run the execution looks whether it
+/// has ended.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 impl Runtime {
     /// Durably records a PENDING execution and queues it.
@@ -61,27 +65,57 @@ impl Runtime {
         let execution = self.execution(caller, id).await?;
         let handle = self.handles.lock().unwrap().get(id).cloned();
         let Some(handle) = handle else {
-            if let (QueueMode::Shared { .. }, Status::Pending) = (self.queue, execution.status) {
-                // Waiting in the shared queue: whichever change comes first wins.
-                let cancelled = ExecError::new("cancelled", "cancelled before it started");
-                let change = Change::to(Status::Cancelled).error(cancelled);
-                self.transition(&execution, Status::Pending, change).await?;
-                return self.execution(caller, id).await;
-            }
-            if !execution.status.is_terminal() {
-                // Queued work is parked while the runtime shuts down.
-                return Err(Error::ShuttingDown);
-            }
-            return Err(Error::Conflict(format!(
-                "execution {id} has already finished with status {}",
-                execution.status
-            )));
+            return self.cancel_elsewhere(caller, execution).await;
         };
         handle.request_stop(StopReason::Cancelled);
         let wait = self.kill_grace + Duration::from_secs(5);
         let _ = tokio::time::timeout(wait, handle.finished.cancelled()).await;
         self.execution(caller, id).await
     }
+
+    /// Cancels an execution this replica holds no handle on: in the shared queue, one waiting
+    /// there, or one another replica runs (which learns of the request as it renews its
+    /// leases, so within a third of a lease, then stops it like a local cancel).
+    async fn cancel_elsewhere(&self, caller: &Caller, execution: Execution) -> Result<Execution> {
+        let id = execution.execution_id.as_str().to_owned();
+        if execution.status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "execution {id} has already finished with status {}",
+                execution.status
+            )));
+        }
+        let QueueMode::Shared { lease } = self.queue else {
+            // Queued work is parked while the runtime shuts down.
+            return Err(Error::ShuttingDown);
+        };
+        if execution.status == Status::Pending {
+            // Waiting in the shared queue: whichever change comes first wins.
+            let cancelled = ExecError::new("cancelled", "cancelled before it started");
+            let change = Change::to(Status::Cancelled).error(cancelled);
+            if self.transition(&execution, Status::Pending, change).await? {
+                return self.execution(caller, &id).await;
+            }
+        }
+        // Running (perhaps claimed just now), here or on another replica.
+        let execution = self.execution(caller, &id).await?;
+        if execution.status != Status::Running {
+            return Ok(execution);
+        }
+        if let Some(handle) = self.handles.lock().unwrap().get(id.as_str()).cloned() {
+            handle.request_stop(StopReason::Cancelled);
+        }
+        self.store.request_cancel(&execution.execution_id).await?;
+        let deadline =
+            tokio::time::Instant::now() + lease + self.kill_grace + Duration::from_secs(5);
+        loop {
+            let now = self.execution(caller, &id).await?;
+            if now.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+    }
+
     pub(super) fn enqueue(self: &Arc<Self>, execution: Execution) {
         self.spawn_tracked(execution, |runtime, execution, handle| async move {
             runtime.drive(execution, &handle).await

@@ -219,7 +219,15 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Renews the leases `replica` holds. Those it cannot renew before they expire are lost:
     /// their streams are cut short (announced like any other) and their writes refused.
-    async fn renew_leases(&self, _replica: &str, _lease: Duration) -> Result<()> {
+    /// Returns the executions renewed whose cancel was requested (`request_cancel`), for the
+    /// owner to stop.
+    async fn renew_leases(&self, _replica: &str, _lease: Duration) -> Result<Vec<ExecutionId>> {
+        Ok(Vec::new())
+    }
+    /// Records a request to cancel a RUNNING execution, for whichever replica runs it: that
+    /// replica learns of it when it next renews its leases. Nothing if it is not RUNNING. A
+    /// store of one server records nothing: the server cancels what it runs itself.
+    async fn request_cancel(&self, _id: &ExecutionId) -> Result<()> {
         Ok(())
     }
     /// Takes over expired leases and ends their executions FAILED `replica_lost` with their

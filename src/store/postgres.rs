@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_retention.sql"),
     include_str!("migrations/postgres/0003_owner.sql"),
     include_str!("migrations/postgres/0004_leases.sql"),
+    include_str!("migrations/postgres/0005_cancel_requests.sql"),
 ];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;
@@ -372,8 +373,12 @@ impl Store for PostgresStore {
         leases::claim_next(self, replica, lease).await
     }
 
-    async fn renew_leases(&self, replica: &str, lease: Duration) -> Result<()> {
+    async fn renew_leases(&self, replica: &str, lease: Duration) -> Result<Vec<ExecutionId>> {
         leases::renew(self, replica, lease).await
+    }
+
+    async fn request_cancel(&self, id: &ExecutionId) -> Result<()> {
+        leases::request_cancel(self, id).await
     }
 
     async fn take_over_expired(&self, replica: &str) -> Result<Vec<ExecutionId>> {

@@ -107,8 +107,13 @@ async fn try_claim(
 }
 
 /// Renews this replica's leases. Those it no longer holds (taken over), and all of them when
-/// the last renewal is older than a lease, are lost: cut short, their writes refused.
-pub(super) async fn renew(store: &PostgresStore, replica: &str, lease: Duration) -> Result<()> {
+/// the last renewal is older than a lease, are lost: cut short, their writes refused. Returns
+/// the renewed ones whose cancel was requested.
+pub(super) async fn renew(
+    store: &PostgresStore,
+    replica: &str,
+    lease: Duration,
+) -> Result<Vec<ExecutionId>> {
     let held: Vec<(ExecutionId, i64)> = store
         .leases
         .lock()
@@ -118,6 +123,7 @@ pub(super) async fn renew(store: &PostgresStore, replica: &str, lease: Duration)
         .map(|(id, h)| (id.clone(), h.epoch))
         .collect();
     let last = *store.last_renewal.lock().unwrap();
+    let mut cancel = Vec::new();
     if last.elapsed() >= lease {
         // Too late: another replica may have taken them over already.
         for (id, _) in &held {
@@ -126,17 +132,31 @@ pub(super) async fn renew(store: &PostgresStore, replica: &str, lease: Duration)
     } else if !held.is_empty() {
         let renewed = try_renew(store, replica, lease, &held).await?;
         for (id, epoch) in &held {
-            if !renewed.contains(&(id.as_str().to_owned(), *epoch)) {
+            let Some(lease) = renewed
+                .iter()
+                .find(|r| r.id == id.as_str() && r.epoch == *epoch)
+            else {
                 lose(
                     store,
                     id,
                     "another replica took over this execution's lease",
                 );
+                continue;
+            };
+            if lease.cancel_requested {
+                cancel.push(id.clone());
             }
         }
     }
     *store.last_renewal.lock().unwrap() = Instant::now();
-    Ok(())
+    Ok(cancel)
+}
+
+/// A lease as renewed.
+struct Renewed {
+    id: String,
+    epoch: i64,
+    cancel_requested: bool,
 }
 
 async fn try_renew(
@@ -144,7 +164,7 @@ async fn try_renew(
     replica: &str,
     lease: Duration,
     held: &[(ExecutionId, i64)],
-) -> Result<Vec<(String, i64)>> {
+) -> Result<Vec<Renewed>> {
     let client = store.client().await?;
     let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
     let lease_ms = lease.as_millis() as i64;
@@ -152,7 +172,7 @@ async fn try_renew(
         "UPDATE executions SET lease_expires_at = {DB_NOW_MS} + $2
          WHERE id = ANY($3) AND replica_id = $1 AND status = 'RUNNING'
            AND lease_expires_at > {DB_NOW_MS}
-         RETURNING id, lease_epoch"
+         RETURNING id, lease_epoch, cancel_requested"
     );
     let rows = client
         .query_typed(
@@ -164,7 +184,26 @@ async fn try_renew(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Renewed {
+            id: r.get(0),
+            epoch: r.get(1),
+            cancel_requested: r.get(2),
+        })
+        .collect())
+}
+
+/// Marks a RUNNING execution's cancel as requested; its owner sees it at its next renewal.
+pub(super) async fn request_cancel(store: &PostgresStore, id: &ExecutionId) -> Result<()> {
+    let client = store.client().await?;
+    client
+        .query_typed(
+            "UPDATE executions SET cancel_requested = true WHERE id = $1 AND status = 'RUNNING'",
+            &[(&id.as_str(), Type::TEXT)],
+        )
+        .await?;
+    Ok(())
 }
 
 fn lose(store: &PostgresStore, id: &ExecutionId, why: &str) {
