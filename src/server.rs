@@ -37,10 +37,14 @@ pub enum StartError {
     Bus(#[from] NatsError),
 }
 
+/// How often a follower re-reads a shared database when no NATS carries other replicas'
+/// commits: the delay a follower on another replica than the owner may see.
+const SHARED_STORE_POLL: Duration = Duration::from_secs(1);
+
 /// The store and the bus, chosen once from the configuration: the PostgreSQL store at
 /// `database_url` if there is one, else the embedded SQLite store in `data_dir`; NATS at
 /// `nats_url` (connected in the background: the server may be away at start), else the
-/// in-process bus.
+/// in-process bus (polling the store if the database is shared).
 pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     let bus: Arc<dyn Bus> = match &config.nats_url {
         Some(url) => {
@@ -49,6 +53,8 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
             tracing::info!(server = %bus.server(), "event bus: NATS");
             Arc::new(bus)
         }
+        // Replicas sharing a database without a bus between them: followers poll the store.
+        None if config.database_url.is_some() => Arc::new(LocalBus::polling(SHARED_STORE_POLL)),
         None => Arc::new(LocalBus::new()),
     };
     let (lost, lost_streams) = tokio::sync::mpsc::unbounded_channel();

@@ -2,7 +2,8 @@
 //! whichever replica it was submitted to, runs exactly once on one of them; when the replica
 //! running an execution dies, a survivor ends it FAILED `replica_lost` with its final event;
 //! a replica that was frozen past its lease writes nothing more for it and stops its agent; a
-//! cancel through any replica reaches the replica running the execution.
+//! cancel through any replica reaches the replica running the execution; a follower on a replica
+//! that does not run the execution gets its whole stream, without NATS (by polling the database).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::postgres::{Route, database};
+use common::ws::Ws;
 use common::{Client, ServerProcess, assert_gapless, statuses, write_config};
 use serde_json::{Value, json};
 
@@ -148,6 +150,36 @@ async fn wait_gone(pid: i32) {
         assert!(std::time::Instant::now() < deadline, "the agent still runs");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_another_replica_than_the_owner_gets_the_whole_stream_without_nats() {
+    let Some(cluster) = cluster(2) else { return };
+    let (id, owner) = long_running(&cluster).await;
+    let other = (owner + 1) % 2;
+    let mut ws = Ws::connect_to(&cluster.replicas[other].url).await;
+    ws.subscribe(&id, Some(0)).await;
+    // Ticks the owner commits after the subscription reach the follower on the other replica ...
+    let mut ticks = 0;
+    let mut seen = Vec::new();
+    while ticks < 15 {
+        let m = ws.message().await;
+        if m["type"] == "log" && m["data"]["log"] == "tick" {
+            ticks += 1;
+        }
+        if m["type"] != "subscribed" {
+            seen.push(m);
+        }
+    }
+    // ... and so does the end.
+    let (code, answer) = cluster
+        .client(owner)
+        .post(&format!("/api/executions/{id}/cancel"), json!({}))
+        .await;
+    assert!(code.is_success(), "{code}: {answer}");
+    seen.extend(ws.events_until_end(&id).await);
+    assert_gapless(&seen);
+    assert_eq!(seen.last().unwrap()["data"]["status"], "CANCELLED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

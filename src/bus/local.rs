@@ -1,16 +1,22 @@
 //! The in-process bus: a broadcast channel per execution that someone follows. The embedded
 //! default, with nothing to install.
 //!
+//! Replicas that share a database but no bus hear nothing of each other's commits: there the
+//! bus is made `polling`, and every subscription also says `Lagged` once per interval, so its
+//! follower re-reads the store (the cluster works without NATS, by polling only).
+//!
 //! Channels exist only while someone listens: publishing to an execution nobody follows costs
 //! one map lookup. A follower that falls behind loses live batches (`Lagged`) and re-reads them
 //! from the store, so a slow follower never holds memory here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::{Batch, Bus, Feed, Live, Subscription, batches};
@@ -27,11 +33,21 @@ type Channels = Mutex<HashMap<ExecutionId, broadcast::Sender<Batch>>>;
 #[derive(Default)]
 pub struct LocalBus {
     channels: Arc<Channels>,
+    poll: Option<Duration>,
 }
 
 impl LocalBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A bus for replicas that share a database but not this bus: each subscription also says
+    /// `Lagged` every `interval`, so its follower reads what other replicas committed.
+    pub fn polling(interval: Duration) -> Self {
+        LocalBus {
+            poll: Some(interval),
+            ..Self::default()
+        }
     }
 
     /// Executions with at least one subscription.
@@ -55,6 +71,11 @@ impl Bus for LocalBus {
             channels: self.channels.clone(),
             id: id.clone(),
             receive: Some(ReusableBoxFuture::new(receive(receiver))),
+            poll: self.poll.map(|period| {
+                let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                Box::new(ticks)
+            }),
         })
     }
 
@@ -86,12 +107,19 @@ struct LocalFeed {
     id: ExecutionId,
     /// `None` only while dropping.
     receive: Option<ReusableBoxFuture<'static, Received>>,
+    /// The polling bus's ticks (boxed: most buses do not poll, and an idle feed stays small).
+    poll: Option<Box<Interval>>,
 }
 
 impl Feed for LocalFeed {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
         let receive = self.receive.as_mut().expect("present until drop");
-        let (received, receiver) = ready!(receive.poll(cx));
+        let Poll::Ready((received, receiver)) = receive.poll(cx) else {
+            return match self.poll.as_mut().map(|ticks| ticks.poll_tick(cx)) {
+                Some(Poll::Ready(_)) => Poll::Ready(Live::Lagged),
+                _ => Poll::Pending,
+            };
+        };
         receive.set(self::receive(receiver));
         Poll::Ready(match received {
             Ok(batch) => Live::Batch(batch),
@@ -150,6 +178,17 @@ mod tests {
         assert_eq!(seqs(live.next().await), [2, 3]);
         assert_eq!(seqs(live.next().await), [4]);
         assert!(matches!(live.next().await, Live::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_polling_bus_tells_an_idle_subscription_to_read_the_store() {
+        let bus = LocalBus::polling(Duration::from_millis(20));
+        let id = ExecutionId::generate();
+        let mut live = bus.subscribe(&id).await;
+        assert!(matches!(live.next().await, Live::Lagged));
+        assert!(matches!(live.next().await, Live::Lagged));
+        bus.publish(&id, batch(1..=2), false);
+        assert_eq!(seqs(live.next().await), [1, 2]);
     }
 
     #[tokio::test]

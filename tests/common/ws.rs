@@ -65,10 +65,13 @@ impl Ws {
 
     /// The next JSON message or the close, skipping protocol pings and pongs.
     pub async fn next(&mut self) -> Got {
+        // One deadline for the whole call: the server's pings must not keep a silent stream
+        // waiting forever.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.0.next())
+            let frame = tokio::time::timeout_at(deadline, self.0.next())
                 .await
-                .expect("no frame in time");
+                .expect("no message in time");
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     return Got::Message(serde_json::from_str(&text).unwrap());
