@@ -562,7 +562,8 @@ pub fn validate_agent(agent: &Agent) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+    /// The configuration from a file holding `toml` (shared by the submodules' tests).
+    pub(super) fn load_str(toml: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agentnexus.toml");
         std::fs::write(&path, toml).unwrap();

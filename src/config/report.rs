@@ -137,14 +137,10 @@ fn without_quoted_lines(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Overrides};
+    use crate::config::tests::load_str;
 
     fn error_of(toml: &str) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agentnexus.toml");
-        std::fs::write(&path, toml).unwrap();
-        let err = Config::load(Some(&path), Overrides::default()).unwrap_err();
-        let err = err.to_string();
+        let err = load_str(toml).unwrap_err().to_string();
         assert!(!err.contains("default."), "{err}");
         assert!(err.contains("agentnexus.toml TOML file"), "{err}");
         err

@@ -24,14 +24,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError, Overrides};
-
-    fn load_str(toml: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agentnexus.toml");
-        std::fs::write(&path, toml).unwrap();
-        Config::load(Some(&path), Overrides::default())
-    }
+    use crate::config::tests::load_str;
 
     #[test]
     fn retention_is_off_unless_a_number_of_whole_days_is_given() {
