@@ -8,10 +8,17 @@
 //! - latency everywhere: the agent's write (a nanosecond timestamp it prints in the line) to the
 //!   client's receive, p50 and p99 over every message.
 //!
-//! Run: `cargo bench --bench ws_fanout` (needs `node` with `ws`: apt-get install node-ws).
+//! - across replicas: the fixed load with the agent on replica A and the subscribers on replica B
+//!   of a cluster on PostgreSQL (durable defaults) and NATS; ours only (the peer has no
+//!   replicas), beside the same load on one node in the same run.
+//!
+//! Run: `cargo bench --bench ws_fanout` (needs `node` with `ws`: apt-get install node-ws; and
+//! PostgreSQL and nats-server for the replicas).
 //! `WS_FANOUT_ONLY=ours` skips the peer; `WS_FANOUT_SCENARIO=fixed` runs the scenarios whose
 //! name contains the word; `WS_FANOUT_CONFIG='sync_commits = false'` adds top-level config keys.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support/ws.rs"]
 mod support;
 
@@ -30,6 +37,15 @@ struct Scenario {
     lines: u64,
     /// Lines per second; 0 = as fast as the agent can.
     rate: u64,
+    placement: Placement,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// One server: the embedded store.
+    OneNode,
+    /// The agent on one replica, the subscribers on another (PostgreSQL and NATS between).
+    AcrossReplicas,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -38,24 +54,35 @@ const SCENARIOS: &[Scenario] = &[
         subscribers: 1,
         lines: 300_000,
         rate: 0,
+        placement: Placement::OneNode,
     },
     Scenario {
         name: "saturation, 100 subscribers",
         subscribers: 100,
         lines: 10_000,
         rate: 0,
+        placement: Placement::OneNode,
     },
     Scenario {
         name: "saturation, 1,000 subscribers",
         subscribers: 1000,
         lines: 1_000,
         rate: 0,
+        placement: Placement::OneNode,
     },
     Scenario {
         name: "fixed 50,000 msg/s (1,000 × 50 lines/s, 10 s)",
         subscribers: 1000,
         lines: 500,
         rate: 50,
+        placement: Placement::OneNode,
+    },
+    Scenario {
+        name: "fixed 50,000 msg/s across replicas (A → B)",
+        subscribers: 1000,
+        lines: 500,
+        rate: 50,
+        placement: Placement::AcrossReplicas,
     },
 ];
 
@@ -206,20 +233,52 @@ async fn measure(addr: &str, id: &str, go: &std::path::Path, s: Scenario, ours: 
     outcome
 }
 
-async fn ours(s: Scenario) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let go = dir.path().join("go");
-    let command = agent_command(&go, s.lines, s.rate);
+fn flood_config(command: &[String], extra: &str) -> String {
     // Top-level keys from `WS_FANOUT_CONFIG` (e.g. `sync_commits = false`), for diagnosis.
-    let extra = std::env::var("WS_FANOUT_CONFIG").unwrap_or_default();
-    let config = format!(
-        "{extra}\n[websocket]\nmax_connections = 20000\n\n[[agents]]\nid = \"flood\"\nname = \"Flood\"\nprice_wei = \"0\"\nruntime = {{ type = \"process\", command = {:?}, args = {:?} }}\n",
+    let diagnosis = std::env::var("WS_FANOUT_CONFIG").unwrap_or_default();
+    format!(
+        "{diagnosis}\n{extra}\n[websocket]\nmax_connections = 20000\n\n[[agents]]\nid = \"flood\"\nname = \"Flood\"\nprice_wei = \"0\"\nruntime = {{ type = \"process\", command = {:?}, args = {:?} }}\n",
         command[0],
         &command[1..]
-    );
+    )
+}
+
+async fn ours(s: Scenario) -> Outcome {
+    if s.placement == Placement::AcrossReplicas {
+        return across_replicas(s).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let config = flood_config(&agent_command(&go, s.lines, s.rate), "");
     let (_server, addr) = start_server(dir.path(), &config);
     let id = submit(&addr, "flood").await;
     measure(&addr, &id, &go, s, true).await
+}
+
+/// Replica A runs the agent (it is the only replica when the execution is claimed); the
+/// subscribers follow on replica B, which gets the lines over NATS.
+async fn across_replicas(s: Scenario) -> Outcome {
+    use common::postgres::{Route, database};
+    let url = database(Route::Direct).expect("PostgreSQL is installed");
+    let nats = common::nats::NatsServer::start().expect("nats-server is installed");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let go = a.path().join("go");
+    let shared = |id: &str| {
+        format!(
+            "database_url = \"{url}\"\nnats_url = \"{}\"\nreplica_id = \"{id}\"",
+            nats.url()
+        )
+    };
+    let command = agent_command(&go, s.lines, s.rate);
+    let (_a, addr_a) = start_server(a.path(), &flood_config(&command, &shared("a")));
+    let id = submit(&addr_a, "flood").await;
+    let client = common::Client::new(&format!("http://{addr_a}"));
+    let running = client
+        .wait_status(&id, "RUNNING", Duration::from_secs(60))
+        .await;
+    assert_eq!(running["replicaId"], "a");
+    let (_b, addr_b) = start_server(b.path(), &flood_config(&command, &shared("b")));
+    measure(&addr_b, &id, &go, s, true).await
 }
 
 async fn peer(s: Scenario) -> Outcome {
@@ -235,6 +294,9 @@ fn ms(us: u32) -> String {
 
 fn main() {
     agent_mode();
+    // Durable figures on PostgreSQL: its defaults, not the tests' fsync off.
+    // SAFETY: set while this process has one thread.
+    unsafe { std::env::set_var("AGENTNEXUS_PG_DURABLE", "1") };
     raise_nofile(65_536);
     let with_peer = std::env::var("WS_FANOUT_ONLY").as_deref() != Ok("ours");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -258,7 +320,7 @@ fn main() {
                 o.deliver_p50_ms,
                 o.deliver_p99_ms
             );
-            if with_peer {
+            if with_peer && s.placement == Placement::OneNode {
                 let p = peer(s).await;
                 println!(
                     "peer  {:<48} {:>9.0} msg/s  delivered {}/{} in {:.2} s  p50 {}  p99 {}  max {}  [write→broadcast p99 {} ms; broadcast→receive p50 {} ms, p99 {} ms]",

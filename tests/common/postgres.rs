@@ -1,8 +1,9 @@
 //! A throw-away PostgreSQL cluster per test binary, and PgBouncer in front of it, for the tests
 //! of the shared store. The cluster is made with `initdb` in a temporary directory, as the
 //! unprivileged `postgres` user when the tests run as root (PostgreSQL refuses to run as root),
-//! listens on 127.0.0.1 at a free port with fsync off, and is started by the first test that
-//! asks for a database; each test gets a fresh database of its own (`database`).
+//! listens on 127.0.0.1 at a free port with fsync off (`durability`), and is started by the
+//! first test that asks for a database; each test gets a fresh database of its own
+//! (`database`).
 //!
 //! A watchdog process, started with the cluster in a process group of its own, stops the
 //! cluster and PgBouncer and removes the directory once the test binary has exited, however it
@@ -165,9 +166,9 @@ impl Cluster {
         for _ in 0..5 {
             let port = free_port();
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                dir.display()
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} {} -c max_connections=200",
+                dir.display(),
+                durability()
             );
             let started = as_system_user(&bin.join("pg_ctl"))
                 .args(["-w", "-t", "60", "-D"])
@@ -243,6 +244,16 @@ fn own(dir: &Path) {
             .status()
             .expect("chown runs");
         assert!(chowned.success(), "chown {}", dir.display());
+    }
+}
+
+/// Tests need no durability (fsync off); a benchmark that reports durable figures sets
+/// `AGENTNEXUS_PG_DURABLE=1` before its first database and gets PostgreSQL's defaults.
+fn durability() -> &'static str {
+    if std::env::var_os("AGENTNEXUS_PG_DURABLE").is_some() {
+        "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+    } else {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     }
 }
 
