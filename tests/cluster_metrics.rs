@@ -9,8 +9,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::deploy::{dashboard, deploy, panels_by_row};
+use common::nats::NatsServer;
 use common::postgres::{Route, database};
-use common::prometheus::samples;
+use common::prometheus::{Prometheus, sample, samples};
+use common::tools::{Tool, have};
 use common::{Client, ServerProcess, scrape, write_config};
 use serde_json::{Value, json};
 
@@ -40,15 +43,22 @@ runtime = {{ type = "process", command = "sh", args = ["-c", "echo $$ > {pid}; w
 struct Cluster {
     url: String,
     slots: usize,
+    /// More configuration for every replica.
+    extra: String,
     replicas: Vec<Option<ServerProcess>>,
     dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
     fn start(size: usize, slots: usize) -> Option<Cluster> {
+        Cluster::start_with(size, slots, String::new())
+    }
+
+    fn start_with(size: usize, slots: usize, extra: String) -> Option<Cluster> {
         let mut cluster = Cluster {
             url: database(Route::Direct)?,
             slots,
+            extra,
             replicas: Vec::new(),
             dirs: vec![tempfile::tempdir().unwrap()],
         };
@@ -63,9 +73,10 @@ impl Cluster {
         let n = self.replicas.len();
         let dir = tempfile::tempdir().unwrap();
         let extra = format!(
-            "database_url = \"{}\"\nreplica_id = \"replica-{n}\"\nlease_ms = {LEASE_MS}\nmax_concurrent_executions = {}\n{}",
+            "database_url = \"{}\"\nreplica_id = \"replica-{n}\"\nlease_ms = {LEASE_MS}\nmax_concurrent_executions = {}\n{}\n{}",
             self.url,
             self.slots,
+            self.extra,
             agents(&self.dirs[0].path().join("runs"))
         );
         self.replicas.push(Some(ServerProcess::spawn(&write_config(
@@ -392,4 +403,79 @@ async fn a_replica_frozen_past_its_lease_counts_the_writes_its_fence_refused() {
     cluster
         .counts(statuses, &failed, &[(owner, 0.0), (survivor, 1.0)])
         .await;
+}
+
+/// A dashboard query as Grafana sends it, its variables replaced.
+fn substitute(expr: &str) -> String {
+    let out = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "10m")
+        .replace("$job", "agentnexus")
+        .replace("$agent", ".*");
+    assert!(!out.contains('$'), "an unknown variable in {expr}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_from_real_prometheus_scraping_every_replica() {
+    if !have(Tool::Prometheus) {
+        return;
+    }
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nats_url = format!("nats_url = \"{}\"", nats.url());
+    let Some(cluster) = Cluster::start_with(3, 2, nats_url) else {
+        return;
+    };
+    run_paid(&cluster, 3).await;
+    let targets: Vec<String> = (0..3)
+        .map(|n| cluster.replica(n).addr.to_string())
+        .collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let alerts = deploy("prometheus/alerts.yml");
+    let prometheus = Prometheus::start_all(&targets, &[&alerts]);
+    prometheus
+        .wait_for("count(up{job=\"agentnexus\"} == 1)", 3.0)
+        .await;
+    prometheus
+        .wait_for("sum(agentnexus_cluster_replicas)", 3.0)
+        .await;
+    prometheus
+        .wait_for("sum(agentnexus_agent_revenue_wei)", 21.0)
+        .await;
+    prometheus
+        .wait_for("sum(agentnexus_nats_connected)", 3.0)
+        .await;
+    // Two more scrapes, so that increase() has two samples of every counter.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut checked = Vec::new();
+    for (row, panel) in panels_by_row(&dashboard()) {
+        let title = panel["title"].as_str().unwrap();
+        if row != "Cluster" && !["Total Revenue", "Queue Depth"].contains(&title) {
+            continue;
+        }
+        let expr = substitute(panel["targets"][0]["expr"].as_str().unwrap());
+        let result = prometheus.query(&expr).await;
+        let values: Vec<f64> = result.iter().map(sample).collect();
+        let per_replica = |v: f64| assert_eq!(values, [v; 3], "{title}: {result:?}");
+        match title {
+            "Total Revenue" => assert_eq!(values, [21.0], "{title}: {result:?}"),
+            "Queue Depth" => assert_eq!(values, [0.0], "{title}: {result:?}"),
+            "Replicas Seen" => assert_eq!(values, [3.0], "{title}: {result:?}"),
+            "Facts Exporter" => {
+                let mut sorted = values.clone();
+                sorted.sort_by(f64::total_cmp);
+                assert_eq!(sorted, [0.0, 0.0, 1.0], "{title}: {result:?}");
+            }
+            "NATS Connected" => per_replica(1.0),
+            "Lease Takeovers" | "Fenced Writes Refused" => per_replica(0.0),
+            other => panic!("panel \"{other}\" has no expected value in this test: add one"),
+        }
+        checked.push(title.to_owned());
+    }
+    assert_eq!(checked.len(), 7, "{checked:?}");
+    let firing = prometheus.query("ALERTS{alertstate=\"firing\"}").await;
+    assert!(firing.is_empty(), "{firing:?}");
 }
