@@ -92,7 +92,10 @@ impl Runtime {
             tracing::warn!(execution = %id, "its replica was lost: FAILED replica_lost");
             match self.store.get_execution(id).await {
                 Ok(Some(execution)) => {
-                    self.metrics.learn_agent(&execution.agent, &self.users);
+                    // Series are made only for an agent still defined (perhaps elsewhere).
+                    if let Ok(Some(_)) = self.store.get_agent(&execution.agent_id).await {
+                        self.metrics.learn_agent(&execution.agent, &self.users);
+                    }
                     self.metrics.transitioned(&execution, Status::Failed, None);
                 }
                 Ok(None) => {}
