@@ -11,6 +11,7 @@
 
 mod agents;
 mod bus;
+mod cluster;
 mod store;
 
 use std::sync::atomic::AtomicU64;
@@ -27,6 +28,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::{Agent, Execution, Status};
 
 pub use agents::RunningGuard;
+pub use cluster::{ClusterSeries, FencedWrites};
 pub use store::StoreSeries;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +61,8 @@ pub struct Metrics {
     registry: Registry,
     agents: agents::AgentSeries,
     pub store: StoreSeries,
+    /// Present on a replica that shares its database with others (`Metrics::shared`).
+    pub cluster: Option<ClusterSeries>,
     pub websocket_connections: Gauge,
     pub docker_healthy: Gauge,
     container_memory: Family<ResourceLabels, Gauge>,
@@ -89,9 +93,21 @@ impl Metrics {
             .register_collector(Box::new(bus::BusCollector(bus)));
     }
 
+    /// The series of a server that is alone on its database.
     pub fn new() -> Metrics {
+        Metrics::build(None)
+    }
+
+    /// The series of a replica that shares its database with others: its own counters, plus
+    /// the cluster's facts (revenue, queue depth) only while it holds the facts lease
+    /// (`cluster`), instead of its own view of them. `fenced_writes` reads its store's count.
+    pub fn shared(fenced_writes: FencedWrites) -> Metrics {
+        Metrics::build(Some(fenced_writes))
+    }
+
+    fn build(shared: Option<FencedWrites>) -> Metrics {
         let mut registry = Registry::default();
-        let agents = agents::AgentSeries::new(&mut registry);
+        let agents = agents::AgentSeries::new(&mut registry, shared.is_none());
         let store = StoreSeries::new(&mut registry);
         let websocket_connections = Gauge::default();
         let docker_healthy = Gauge::default();
@@ -140,11 +156,13 @@ impl Metrics {
             "The memory the runtime may use: its cgroup limit, else the configured limit, else the machine's memory",
             memory_limit_bytes.clone(),
         );
-        registry.register(
-            "agentnexus_execution_queue_depth",
-            "Executions waiting for a slot (PENDING)",
-            queue_depth.clone(),
-        );
+        if shared.is_none() {
+            registry.register(
+                "agentnexus_execution_queue_depth",
+                "Executions waiting for a slot (PENDING)",
+                queue_depth.clone(),
+            );
+        }
         registry.register(
             "agentnexus_websocket_messages_sent",
             "WebSocket messages sent to clients",
@@ -187,11 +205,13 @@ impl Metrics {
         );
         registry.register_collector(Box::new(ProcessCollector));
         registry.register_collector(Box::new(AsyncRuntimeCollector));
+        let cluster = shared.map(|fenced| ClusterSeries::new(&mut registry, fenced));
 
         Metrics {
             registry,
             agents,
             store,
+            cluster,
             websocket_connections,
             docker_healthy,
             container_memory,
@@ -242,6 +262,19 @@ impl Metrics {
     /// `users` are the users that can run it.
     pub fn register_agent(&self, agent: &Agent, users: &[String], revenue_wei: u128) {
         self.agents.define(agent, users, revenue_wei);
+    }
+
+    /// Creates an agent's series (at zero) unless it has them: for an agent defined through
+    /// another replica of a cluster, whose executions this replica submits or runs.
+    pub fn learn_agent(&self, agent: &Agent, users: &[String]) {
+        self.agents.learn(agent, users);
+    }
+
+    /// Removes the per-execution resource gauges of an execution this replica stopped running,
+    /// also when its end was recorded elsewhere (its lease was lost).
+    pub fn run_ended(&self, execution: &Execution) {
+        self.container_memory.remove(&resource_labels(execution));
+        self.container_cpu.remove(&resource_labels(execution));
     }
 
     /// Removes every series of a deleted agent; later updates about it create none.

@@ -322,8 +322,19 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
     assert_eq!(agents, json!(["bad", "hold", "long", "ok", "slow"]));
 
     let mut checked = BTreeSet::new();
-    for (_, panel) in panels_by_row(&d) {
+    for (row, panel) in panels_by_row(&d) {
         let title = panel["title"].as_str().unwrap().to_owned();
+        if row == "Cluster" {
+            // Series of replicas sharing PostgreSQL (and of NATS): a server alone has none.
+            // tests/cluster_metrics.rs reads these panels from Prometheus scraping a cluster.
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = substitute(target["expr"].as_str().unwrap(), ".*");
+                let result = prometheus.query(&expr).await;
+                assert!(result.is_empty(), "panel \"{title}\": {expr}: {result:?}");
+            }
+            checked.insert(title);
+            continue;
+        }
         let mut results = Vec::new();
         for target in panel["targets"].as_array().unwrap() {
             let expr = substitute(target["expr"].as_str().unwrap(), ".*");

@@ -42,10 +42,13 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AgentLabels {
-    agent_id: String,
-    agent_name: String,
+pub(super) struct AgentLabels {
+    pub(super) agent_id: String,
+    pub(super) agent_name: String,
 }
+
+pub(super) const REVENUE_HELP: &str =
+    "Total revenue per agent in wei (float; exact figure at /api/agents/{id}/revenue)";
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -88,19 +91,21 @@ pub(super) struct AgentSeries {
     duration: Family<DurationLabels, Histogram>,
     statuses: Family<StatusLabels, Counter>,
     running: Family<AgentLabels, Gauge>,
-    revenue: Family<AgentLabels, FloatGauge>,
+    /// `None` on a replica of a cluster, where revenue is a fact of the cluster, exported once
+    /// (`metrics::cluster`) rather than by each replica.
+    revenue: Option<Family<AgentLabels, FloatGauge>>,
     state: Arc<Mutex<State>>,
 }
 
 impl AgentSeries {
-    /// The families, registered in the spec's order.
-    pub(super) fn new(registry: &mut Registry) -> AgentSeries {
+    /// The families, registered in the spec's order; the revenue gauge only if `revenue`.
+    pub(super) fn new(registry: &mut Registry, revenue: bool) -> AgentSeries {
         let series = AgentSeries {
             executions: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             statuses: Family::default(),
             running: Family::default(),
-            revenue: Family::default(),
+            revenue: revenue.then(Family::default),
             state: Arc::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -126,11 +131,13 @@ impl AgentSeries {
         );
         // A gauge, not a counter: the spec names it without `_total`, and it holds the exact
         // lifetime total from the store (as a float), not a count since this process started.
-        registry.register(
-            "agentnexus_agent_revenue_wei",
-            "Total revenue per agent in wei (float; exact figure at /api/agents/{id}/revenue)",
-            series.revenue.clone(),
-        );
+        if let Some(revenue) = &series.revenue {
+            registry.register(
+                "agentnexus_agent_revenue_wei",
+                REVENUE_HELP,
+                revenue.clone(),
+            );
+        }
         series
     }
 
@@ -143,7 +150,10 @@ impl AgentSeries {
     /// non-zero counter hides that increase from `rate()` and `increase()`; one that starts at
     /// zero does not.
     pub(super) fn define(&self, agent: &Agent, users: &[String], revenue_wei: u128) {
-        let mut state = self.state();
+        self.define_in(&mut self.state(), agent, users, revenue_wei);
+    }
+
+    fn define_in(&self, state: &mut State, agent: &Agent, users: &[String], revenue_wei: u128) {
         if let Some(old) = state.defined.remove(&agent.id) {
             self.remove_series(&agent.id, &old);
         }
@@ -168,8 +178,20 @@ impl AgentSeries {
         }
         let running = state.running.get(&agent.id).copied().unwrap_or(0);
         self.running.get_or_create(&labels).set(running);
-        self.revenue.get_or_create(&labels).set(revenue_wei as f64);
+        if let Some(revenue) = &self.revenue {
+            revenue.get_or_create(&labels).set(revenue_wei as f64);
+        }
         state.defined.insert(agent.id.clone(), defined);
+    }
+
+    /// Defines an agent this replica has not defined yet, as `define` does; one it has keeps
+    /// its series. A replica of a cluster learns so of agents defined through another replica
+    /// when it first submits or runs one of their executions.
+    pub(super) fn learn(&self, agent: &Agent, users: &[String]) {
+        let mut state = self.state();
+        if !state.defined.contains_key(&agent.id) {
+            self.define_in(&mut state, agent, users, 0);
+        }
     }
 
     /// Removes every series of an agent.
@@ -190,7 +212,9 @@ impl AgentSeries {
             self.duration.remove(&duration_labels(&labels, status));
         }
         self.running.remove(&labels);
-        self.revenue.remove(&labels);
+        if let Some(revenue) = &self.revenue {
+            revenue.remove(&labels);
+        }
     }
 
     pub(super) fn submitted(&self, execution: &Execution) {
@@ -233,11 +257,12 @@ impl AgentSeries {
                 .get_or_create(&duration_labels(&labels, to))
                 .observe(seconds);
         }
-        if to == Status::Completed && execution.price_wei.0 > 0 {
+        if let Some(revenue) = &self.revenue
+            && to == Status::Completed
+            && execution.price_wei.0 > 0
+        {
             agent.revenue_wei = agent.revenue_wei.saturating_add(execution.price_wei.0);
-            self.revenue
-                .get_or_create(&labels)
-                .set(agent.revenue_wei as f64);
+            revenue.get_or_create(&labels).set(agent.revenue_wei as f64);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::supervise::StopReason;
 use super::{QueueMode, Runtime};
-use crate::domain::ExecutionId;
+use crate::domain::{ExecutionId, Status};
 
 /// How often a replica looks for PENDING executions submitted elsewhere, or for a slot freed.
 const CLAIM_POLL: Duration = Duration::from_millis(250);
@@ -75,15 +75,35 @@ impl Runtime {
                     Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
                 }
                 match runtime.store.take_over_expired(replica).await {
-                    Ok(ended) => {
-                        for id in ended {
-                            tracing::warn!(execution = %id, "its replica was lost: FAILED replica_lost");
-                        }
-                    }
+                    Ok(ended) => runtime.took_over(&ended).await,
                     Err(e) => tracing::debug!(error = %e, "cannot look for expired leases"),
                 }
             }
         });
+    }
+
+    /// Counts the executions this replica ended `replica_lost`: as takeovers, and as the
+    /// FAILED ends they are (their owner, gone or fenced, records none).
+    async fn took_over(&self, ended: &[ExecutionId]) {
+        if let Some(series) = &self.metrics.cluster {
+            series.took_over(ended.len() as u64);
+        }
+        for id in ended {
+            tracing::warn!(execution = %id, "its replica was lost: FAILED replica_lost");
+            match self.store.get_execution(id).await {
+                Ok(Some(execution)) => {
+                    // Series are made only for an agent still defined (perhaps elsewhere).
+                    if let Ok(Some(_)) = self.store.get_agent(&execution.agent_id).await {
+                        self.metrics.learn_agent(&execution.agent, &self.users);
+                    }
+                    self.metrics.transitioned(&execution, Status::Failed, None);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(execution = %id, error = %e, "cannot count an execution taken over")
+                }
+            }
+        }
     }
 
     /// Stops, like a local cancel, the executions whose cancel another replica requested.

@@ -6,11 +6,14 @@
 //! This file is the facade the API calls and the wiring of the parts; each job lives in its own
 //! file: `access.rs` who may see what, `agents.rs` agent definitions, `queue.rs` submitting and
 //! the wait for a slot, `supervise.rs` driving one run to its end, `transition.rs` status
-//! changes, `recovery.rs` what a previous run left, `shutdown.rs` the orderly stop.
+//! changes, `recovery.rs` what a previous run left, `shutdown.rs` the orderly stop; with a
+//! shared store, `claims.rs` the shared queue and its leases, `cluster.rs` the heartbeat and
+//! the cluster's facts.
 
 mod access;
 mod agents;
 mod claims;
+mod cluster;
 mod queue;
 mod recovery;
 mod retention;
@@ -126,7 +129,13 @@ impl Runtime {
             bus,
             lost_streams,
         } = backends;
-        let mut metrics = Metrics::new();
+        let mut metrics = match queue {
+            QueueMode::InProcess => Metrics::new(),
+            QueueMode::Shared { .. } => {
+                let store = store.clone();
+                Metrics::shared(Box::new(move || store.fenced_writes()))
+            }
+        };
         metrics.watch_bus(bus.clone());
         let metrics = Arc::new(metrics);
         let docker = Arc::new(DockerProbe::new(&config.docker, metrics.clone()));
@@ -181,6 +190,7 @@ impl Runtime {
         if let QueueMode::Shared { lease } = queue {
             runtime.spawn_claimer();
             runtime.spawn_lease_keeper(lease);
+            runtime.spawn_cluster_heartbeat(lease);
         }
         runtime.spawn_container_sweeper(Duration::from_millis(config.docker.sweep_interval_ms));
         runtime.spawn_retention(

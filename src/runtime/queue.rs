@@ -53,10 +53,17 @@ impl Runtime {
                 created_at: now_ms(),
             })
             .await?;
-        self.metrics.submitted(&execution);
         match self.queue {
-            QueueMode::InProcess => self.enqueue(execution.clone()),
-            QueueMode::Shared { .. } => self.submitted.notify_one(),
+            QueueMode::InProcess => {
+                self.metrics.submitted(&execution);
+                self.enqueue(execution.clone());
+            }
+            QueueMode::Shared { .. } => {
+                // Its agent may have been defined through another replica.
+                self.metrics.learn_agent(&execution.agent, &self.users);
+                self.metrics.submitted(&execution);
+                self.submitted.notify_one();
+            }
         }
         Ok(execution)
     }

@@ -32,5 +32,6 @@ impl Runtime {
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush of the store failed");
         }
+        self.leave_cluster().await;
     }
 }

@@ -64,6 +64,8 @@ impl Runtime {
         handle: &Handle,
         permit: OwnedSemaphorePermit,
     ) -> Result<()> {
+        // Its agent may have been defined through another replica.
+        self.metrics.learn_agent(&execution.agent, &self.users);
         self.run_started(execution, handle, permit).await
     }
 
@@ -131,7 +133,10 @@ impl Runtime {
         let mut change = ended(outcome, handle, execution.agent.timeout_secs);
         change.stats = Some(recorder.stats());
         change.ran_for = Some(started.elapsed());
-        self.transition(execution, Status::Running, change).await?;
+        let recorded = self.transition(execution, Status::Running, change).await;
+        // Also when the end was recorded elsewhere (a lost lease): its gauges end with the run.
+        self.metrics.run_ended(execution);
+        recorded?;
         Ok(())
     }
 }

@@ -238,6 +238,32 @@ pub trait Store: Send + Sync + 'static {
     /// The writer's health, updated when it changes.
     fn write_health(&self) -> tokio::sync::watch::Receiver<WriteHealth>;
 
+    /// Records `replica`'s heartbeat and takes (or renews, or leaves to its holder) the facts
+    /// lease for `lease`: whoever holds it alone exports the cluster's facts. A store of one
+    /// server has one replica, which always holds it.
+    async fn cluster_heartbeat(&self, _replica: &str, _lease: Duration) -> Result<ClusterBeat> {
+        Ok(ClusterBeat {
+            replicas_seen: 1,
+            holds_facts_lease: true,
+        })
+    }
+    /// What belongs to the cluster rather than to one replica: each defined agent's exact
+    /// revenue and the PENDING executions of the shared queue. Only shared stores are asked.
+    async fn cluster_facts(&self) -> Result<ClusterFacts> {
+        Err(StoreError::Corrupt(
+            "a store of one server has no cluster facts".into(),
+        ))
+    }
+    /// Removes `replica`'s heartbeat and gives up its facts lease (on an orderly stop).
+    async fn leave_cluster(&self, _replica: &str) -> Result<()> {
+        Ok(())
+    }
+    /// How many writes of this replica the fence refused since it started: writes for an
+    /// execution whose lease it had lost or that had moved to another replica.
+    fn fenced_writes(&self) -> u64 {
+        0
+    }
+
     /// Retention: deletes, in one short transaction, up to `batch.executions` finished
     /// executions (terminal status) that ended before `cutoff`, oldest end first, with their
     /// events, stopping before an execution that would bring the events deleted past
@@ -251,6 +277,24 @@ pub trait Store: Send + Sync + 'static {
     /// The database's size on disk in bytes: for SQLite the main file's pages plus the WAL,
     /// for PostgreSQL `pg_database_size` of the current database.
     async fn size_bytes(&self) -> Result<u64>;
+}
+
+/// What one heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterBeat {
+    /// Replicas whose heartbeat is fresher than a lease, this one included.
+    pub replicas_seen: u64,
+    /// Whether this replica holds the facts lease now.
+    pub holds_facts_lease: bool,
+}
+
+/// The facts that belong to the cluster, exported once (by the holder of the facts lease).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFacts {
+    /// Every defined agent with its exact lifetime revenue.
+    pub revenue: Vec<(Agent, Wei)>,
+    /// PENDING executions in the shared queue.
+    pub pending: u64,
 }
 
 /// How much one retention transaction may delete.

@@ -10,6 +10,7 @@
 //! published to the bus after the commit. Migrations run under a transaction-level advisory
 //! lock, so replicas that start together apply each one once.
 
+mod cluster;
 mod leases;
 mod reads;
 mod retention;
@@ -17,6 +18,7 @@ mod writes;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
 
 use super::{
-    ExecutionFilter, LostStream, NewEvent, NewExecution, Result, RetentionBatch, Store, StoreError,
-    Transition, TransitionOutcome, WriteHealth,
+    ClusterBeat, ClusterFacts, ExecutionFilter, LostStream, NewEvent, NewExecution, Result,
+    RetentionBatch, Store, StoreError, Transition, TransitionOutcome, WriteHealth,
 };
 use crate::bus::Bus;
 use crate::domain::{
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_owner.sql"),
     include_str!("migrations/postgres/0004_leases.sql"),
     include_str!("migrations/postgres/0005_cancel_requests.sql"),
+    include_str!("migrations/postgres/0006_cluster.sql"),
 ];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;
@@ -76,6 +79,8 @@ pub struct PostgresStore {
     leases: Mutex<HashMap<ExecutionId, leases::Held>>,
     /// When the leases were last renewed (or none were held).
     last_renewal: Mutex<Instant>,
+    /// Writes of this replica the fence refused since it started (`leases::fence`).
+    fenced_writes: AtomicU64,
 }
 
 /// How long a write keeps trying through a passing fault.
@@ -129,6 +134,7 @@ impl PostgresStore {
             cut_short: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             last_renewal: Mutex::new(Instant::now()),
+            fenced_writes: AtomicU64::new(0),
         };
         store.migrate().await?;
         Ok(store)
@@ -387,6 +393,22 @@ impl Store for PostgresStore {
 
     fn write_health(&self) -> watch::Receiver<WriteHealth> {
         self.health_watch.clone()
+    }
+
+    async fn cluster_heartbeat(&self, replica: &str, lease: Duration) -> Result<ClusterBeat> {
+        cluster::heartbeat(self, replica, lease).await
+    }
+
+    async fn cluster_facts(&self) -> Result<ClusterFacts> {
+        cluster::facts(self).await
+    }
+
+    async fn leave_cluster(&self, replica: &str) -> Result<()> {
+        cluster::leave(self, replica).await
+    }
+
+    fn fenced_writes(&self) -> u64 {
+        self.fenced_writes.load(Ordering::Relaxed)
     }
 
     async fn delete_finished_before(&self, cutoff: EpochMs, batch: RetentionBatch) -> Result<u64> {

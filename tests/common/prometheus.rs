@@ -45,7 +45,7 @@ pub async fn run_mix(client: &Client) {
 }
 
 /// name label value → sample value, for a result keyed by one label.
-/// A real Prometheus scraping `target` every second, with `rule_files` loaded.
+/// A real Prometheus scraping its targets every second, with `rule_files` loaded.
 pub struct Prometheus {
     child: Child,
     url: String,
@@ -55,6 +55,12 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: &str, rule_files: &[&Path]) -> Prometheus {
+        Prometheus::start_all(&[target], rule_files)
+    }
+
+    /// Scraping each of `targets` (the replicas of a cluster) as one job.
+    pub fn start_all(targets: &[&str], rule_files: &[&Path]) -> Prometheus {
+        let target = targets.join("', '");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -18,7 +18,7 @@ use super::{Persist, PostgresStore};
 use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
 
 /// Now on the database's clock, in milliseconds: every replica compares expiries on one clock.
-const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+pub(super) const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Expired leases taken over in one transaction.
 const TAKEOVER_BATCH: i64 = 32;
 
@@ -31,13 +31,19 @@ pub(super) struct Held {
 }
 
 /// Whether a write for `id`, whose row (locked) has epoch `stored_epoch`, may go ahead: yes
-/// unless this replica holds a lease on it that was lost or has moved on.
+/// unless this replica holds a lease on it that was lost or has moved on. Each refusal is
+/// counted (`Store::fenced_writes`).
 pub(super) fn fence(store: &PostgresStore, id: &ExecutionId, stored_epoch: i64) -> Result<()> {
     match store.leases.lock().unwrap().get(id) {
-        Some(held) if held.lost || held.epoch != stored_epoch => Err(StoreError::Fenced(format!(
-            "execution {id}: this replica's lease (epoch {}) is lost",
-            held.epoch
-        ))),
+        Some(held) if held.lost || held.epoch != stored_epoch => {
+            store
+                .fenced_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(StoreError::Fenced(format!(
+                "execution {id}: this replica's lease (epoch {}) is lost",
+                held.epoch
+            )))
+        }
         _ => Ok(()),
     }
 }
