@@ -7,76 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::postgres::{Route, database};
+use common::cluster::{LEASE_MS, WAIT, cluster, wait_gone};
 use common::ws::Ws;
-use common::{Client, ServerProcess, assert_gapless, statuses, write_config};
+use common::{assert_gapless, statuses};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(60);
-const LEASE_MS: u64 = 1500;
-
-/// Agents that leave a trace of each run in `runs`: one line per run, its input, written at once
-/// (so that runs at the same time do not mix their lines).
-fn agents(runs: &Path) -> String {
-    let runs = runs.display();
-    format!(
-        r#"
-[[agents]]
-id = "count"
-name = "Count"
-price_wei = "1"
-runtime = {{ type = "process", command = "sh", args = ["-c", "printf '%s\\n' \"$(cat)\" >> {runs}; echo '{{}}'"] }}
-
-[[agents]]
-id = "long"
-name = "Long"
-price_wei = "1"
-runtime = {{ type = "process", command = "sh", args = ["-c", "echo started; echo $$ > {runs}.pid; while true; do echo tick; sleep 0.2; done"] }}
-"#
-    )
-}
-
-struct Cluster {
-    replicas: Vec<ServerProcess>,
-    runs: PathBuf,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-fn cluster(size: usize) -> Option<Cluster> {
-    let url = database(Route::Direct)?;
-    let shared = tempfile::tempdir().unwrap();
-    let runs = shared.path().join("runs");
-    let mut dirs = vec![shared];
-    let mut replicas = Vec::new();
-    for i in 0..size {
-        let dir = tempfile::tempdir().unwrap();
-        let extra = format!(
-            "database_url = \"{url}\"\nreplica_id = \"replica-{i}\"\nlease_ms = {LEASE_MS}\nmax_concurrent_executions = 4\n{}",
-            agents(&runs)
-        );
-        replicas.push(ServerProcess::spawn(&write_config(dir.path(), &extra)));
-        dirs.push(dir);
-    }
-    Some(Cluster {
-        replicas,
-        runs,
-        _dirs: dirs,
-    })
-}
-
-impl Cluster {
-    fn client(&self, i: usize) -> Client {
-        self.replicas[i % self.replicas.len()].client()
-    }
-
-    fn index_of(&self, replica_id: &Value) -> usize {
-        let name = replica_id.as_str().expect("an owner");
-        name.trim_start_matches("replica-").parse().unwrap()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_submitted_to_any_replica_each_run_exactly_once() {
@@ -104,14 +40,6 @@ async fn executions_submitted_to_any_replica_each_run_exactly_once() {
     assert!(!owners.is_empty(), "{owners:?}");
 }
 
-/// Starts a long execution and waits until its agent runs; returns its id and its owner.
-async fn long_running(cluster: &Cluster) -> (String, usize) {
-    let id = cluster.client(0).submit("long", json!({})).await;
-    let running = cluster.client(0).wait_status(&id, "RUNNING", WAIT).await;
-    let owner = cluster.index_of(&running["replicaId"]);
-    (id, owner)
-}
-
 fn ends_replica_lost(done: &Value, events: &[Value]) {
     assert_eq!(done["status"], "FAILED", "{done}");
     assert_eq!(done["error"]["kind"], "replica_lost", "{done}");
@@ -126,7 +54,7 @@ async fn the_execution_of_a_killed_replica_ends_replica_lost_on_a_survivor() {
     let Some(mut cluster) = cluster(2) else {
         return;
     };
-    let (id, owner) = long_running(&cluster).await;
+    let (id, owner) = cluster.long_running().await;
     cluster.replicas[owner].kill9();
     let survivor = cluster.client(owner + 1);
     let done = survivor.wait_terminal(&id, WAIT).await;
@@ -135,27 +63,10 @@ async fn the_execution_of_a_killed_replica_ends_replica_lost_on_a_survivor() {
     assert_eq!(done["replicaId"], format!("replica-{}", (owner + 1) % 2));
 }
 
-/// The pid the `long` agent wrote when it started.
-fn long_agent_pid(cluster: &Cluster) -> i32 {
-    std::fs::read_to_string(format!("{}.pid", cluster.runs.display()))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-async fn wait_gone(pid: i32) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !common::process_is_gone(pid) {
-        assert!(std::time::Instant::now() < deadline, "the agent still runs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_on_another_replica_than_the_owner_gets_the_whole_stream_without_nats() {
     let Some(cluster) = cluster(2) else { return };
-    let (id, owner) = long_running(&cluster).await;
+    let (id, owner) = cluster.long_running().await;
     let other = (owner + 1) % 2;
     let mut ws = Ws::connect_to(&cluster.replicas[other].url).await;
     ws.subscribe(&id, Some(0)).await;
@@ -185,7 +96,7 @@ async fn a_follower_on_another_replica_than_the_owner_gets_the_whole_stream_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_through_a_replica_that_does_not_run_the_execution_stops_it() {
     let Some(cluster) = cluster(2) else { return };
-    let (id, owner) = long_running(&cluster).await;
+    let (id, owner) = cluster.long_running().await;
     let other = cluster.client(owner + 1);
     let (code, answer) = other
         .post(&format!("/api/executions/{id}/cancel"), json!({}))
@@ -201,13 +112,13 @@ async fn a_cancel_through_a_replica_that_does_not_run_the_execution_stops_it() {
     let last = events.last().unwrap();
     assert_eq!(last["type"], "status", "{last}");
     assert_eq!(last["data"]["status"], "CANCELLED", "{last}");
-    wait_gone(long_agent_pid(&cluster)).await;
+    wait_gone(cluster.long_agent_pid().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_frozen_past_its_lease_writes_nothing_more_and_stops_its_agent() {
     let Some(cluster) = cluster(2) else { return };
-    let (id, owner) = long_running(&cluster).await;
+    let (id, owner) = cluster.long_running().await;
     let pid = cluster.replicas[owner].child.id() as i32;
     let survivor = cluster.client(owner + 1);
     // SAFETY: signals a child of this test.
@@ -218,7 +129,7 @@ async fn a_replica_frozen_past_its_lease_writes_nothing_more_and_stops_its_agent
     ends_replica_lost(&done, &before);
 
     // The thawed owner finds its lease lost: it stops the agent and stores nothing more.
-    wait_gone(long_agent_pid(&cluster)).await;
+    wait_gone(cluster.long_agent_pid().await).await;
     tokio::time::sleep(Duration::from_millis(2 * LEASE_MS)).await;
     let after = survivor.all_events(&id).await;
     assert_eq!(after, before, "nothing was stored after the lease was lost");

@@ -3,6 +3,10 @@
 //! between is missed. The bus is a transport, never a source of truth: a follower that misses
 //! batches (it lagged, or the bus lost them) is told so and reads them from the store.
 //!
+//! Beside the batches, replicas that share a database tell each other what saves a wait
+//! (`Signal`: a submission, a cancel request). Signals are hints: the database carries each of
+//! them too, and a replica that misses one acts at its next poll or lease renewal.
+//!
 //! It sits below the store (which publishes to it) and below `stream` (whose followers
 //! subscribe); `local` is the in-process implementation, `nats` the one between replicas.
 
@@ -17,6 +21,7 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 use crate::domain::{Event, ExecutionId};
 
@@ -85,7 +90,30 @@ pub trait Bus: Send + Sync + 'static {
     fn transport(&self) -> Transport {
         Transport::InProcess
     }
+    /// Tells the other replicas (and this one) of `signal`. Never waits, never fails: a signal
+    /// lost is a wait longer, since the database carries the same fact. Nothing to tell by
+    /// default: within one process the runtime acts on the spot.
+    fn signal(&self, _signal: Signal) {}
+    /// The signals of every replica on this bus, this one's included, from the moment this
+    /// returns; `None` for a bus that carries none.
+    async fn signals(&self) -> Option<Signals> {
+        None
+    }
 }
+
+/// What one replica tells the others so they act at once rather than at their next look at the
+/// database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// An execution was submitted: a replica with a free slot claims now, not at its next poll.
+    Submitted,
+    /// A cancel of this execution was requested (and recorded in the database): its owner stops
+    /// it now, not at its next lease renewal.
+    Cancel(ExecutionId),
+}
+
+/// The signals a bus hears, in the order they come.
+pub type Signals = BoxStream<'static, Signal>;
 
 /// What a bus carries batches over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,6 +13,10 @@
 //!   down (so a follower completes from the store, slower), and after `QUIET_POLL` without a
 //!   message (a batch dropped by its publisher cannot be seen by its subscribers otherwise).
 //! - The client reconnects by itself and subscribes again: live without a restart.
+//! - Signals (`agentnexus.signals.submitted`, `agentnexus.signals.cancel` with the execution id
+//!   as payload) go through the same queue as commits and are heard by every replica, the
+//!   sender included. Whoever can publish on the server can send them: NATS is trusted like the
+//!   database.
 
 use std::pin::Pin;
 use std::str::FromStr;
@@ -31,11 +35,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::ReusableBoxFuture;
 
-use super::{Batch, Bus, Feed, Live, SharedEvent, Subscription, Transport, batches};
+use super::{
+    Batch, Bus, Feed, Live, SharedEvent, Signal, Signals, Subscription, Transport, batches,
+};
 use crate::domain::{EpochMs, Event, EventKind, ExecutionId};
 
 /// Subjects are this prefix and the execution id (`exec_` and a ULID: one safe token).
 const SUBJECT_PREFIX: &str = "agentnexus.events";
+/// Signals between replicas: `.submitted` (no payload) and `.cancel` (the execution id).
+const SIGNALS: &str = "agentnexus.signals";
 /// Commits waiting for NATS. A commit can hold many events; beyond this many, new ones are
 /// dropped rather than held in memory.
 const QUEUE: usize = 256;
@@ -70,16 +78,19 @@ pub struct NatsBus {
     client: Client,
     /// Where the server is (host and port, never the URL's credentials).
     server: String,
-    queue: mpsc::Sender<Commit>,
+    queue: mpsc::Sender<Outbound>,
     standing: watch::Receiver<Standing>,
     dropped: Arc<AtomicU64>,
 }
 
-/// One `publish` call, on its way to NATS.
-struct Commit {
-    id: ExecutionId,
-    events: Vec<Event>,
-    finished: bool,
+/// What waits for NATS: one `publish` call, or a signal.
+enum Outbound {
+    Commit {
+        id: ExecutionId,
+        events: Vec<Event>,
+        finished: bool,
+    },
+    Signal(Signal),
 }
 
 impl NatsBus {
@@ -241,7 +252,7 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, id: &ExecutionId, events: Vec<Event>, finished: bool) {
-        let commit = Commit {
+        let commit = Outbound::Commit {
             id: id.clone(),
             events,
             finished,
@@ -249,6 +260,28 @@ impl Bus for NatsBus {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(commit) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn signal(&self, signal: Signal) {
+        // A full queue means NATS is slow or away: the database carries the same fact.
+        let _ = self.queue.try_send(Outbound::Signal(signal));
+    }
+
+    async fn signals(&self) -> Option<Signals> {
+        // Queued by the client while NATS is away, and made again on every reconnection.
+        let subscribing = self.client.subscribe(format!("{SIGNALS}.>"));
+        let messages = match tokio::time::timeout(CONFIRM_TIMEOUT, subscribing).await {
+            Ok(Ok(messages)) => messages,
+            _ => {
+                tracing::warn!("cannot subscribe to signals: replicas wait for the database");
+                return None;
+            }
+        };
+        let signals = messages.filter_map(|message| {
+            let signal = read_signal(&message.subject, &message.payload);
+            std::future::ready(signal)
+        });
+        Some(Box::pin(signals))
     }
 
     fn transport(&self) -> Transport {
@@ -259,19 +292,51 @@ impl Bus for NatsBus {
     }
 }
 
-/// The task between `publish` and NATS: cuts each commit into messages under the server's
-/// `max_payload` and publishes them in order.
+/// A signal's subject and payload.
+fn signal_message(signal: &Signal) -> (String, Bytes) {
+    match signal {
+        Signal::Submitted => (format!("{SIGNALS}.submitted"), Bytes::new()),
+        Signal::Cancel(id) => (
+            format!("{SIGNALS}.cancel"),
+            Bytes::copy_from_slice(id.as_str().as_bytes()),
+        ),
+    }
+}
+
+/// A signal heard, or `None` for a message that is none (ignored: signals are hints).
+fn read_signal(subject: &str, payload: &[u8]) -> Option<Signal> {
+    match subject.strip_prefix(SIGNALS)? {
+        ".submitted" => Some(Signal::Submitted),
+        ".cancel" => {
+            let id = ExecutionId::parse(std::str::from_utf8(payload).ok()?)?;
+            Some(Signal::Cancel(id))
+        }
+        _ => None,
+    }
+}
+
+/// The task between `publish`/`signal` and NATS: sends each signal, and cuts each commit into
+/// messages under the server's `max_payload` and publishes them in order.
 async fn send_commits(
     client: Client,
-    mut commits: mpsc::Receiver<Commit>,
+    mut outbound: mpsc::Receiver<Outbound>,
     dropped: Arc<AtomicU64>,
 ) {
-    while let Some(Commit {
-        id,
-        events,
-        finished,
-    }) = commits.recv().await
-    {
+    while let Some(next) = outbound.recv().await {
+        let (id, events, finished) = match next {
+            Outbound::Commit {
+                id,
+                events,
+                finished,
+            } => (id, events, finished),
+            Outbound::Signal(signal) => {
+                let (subject, payload) = signal_message(&signal);
+                if client.publish(subject, payload).await.is_err() {
+                    tracing::debug!(?signal, "a signal did not reach NATS");
+                }
+                continue;
+            }
+        };
         let limit = match client.server_info().max_payload {
             0 => DEFAULT_MAX_PAYLOAD,
             n => n,
@@ -496,6 +561,18 @@ mod tests {
         assert_eq!((addr.host(), addr.port()), ("nats.example", 4222));
         assert!(addr.tls_required());
         assert_eq!(decode_percent("us%40r%zz%4"), "us@r%zz%4");
+    }
+
+    #[test]
+    fn signals_come_back_as_they_were_sent_and_anything_else_is_ignored() {
+        let id = ExecutionId::generate();
+        for signal in [Signal::Submitted, Signal::Cancel(id)] {
+            let (subject, payload) = signal_message(&signal);
+            assert_eq!(read_signal(&subject, &payload), Some(signal));
+        }
+        assert_eq!(read_signal("agentnexus.signals.cancel", b"nope"), None);
+        assert_eq!(read_signal("agentnexus.signals.other", b""), None);
+        assert_eq!(read_signal("agentnexus.events.x", b""), None);
     }
 
     #[test]

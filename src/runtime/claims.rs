@@ -2,13 +2,18 @@
 //! PENDING execution from the store (whoever it was submitted to), woken by submissions here
 //! and otherwise polling; it renews the leases on what it runs and takes over the expired
 //! leases of replicas that stopped renewing (their executions end FAILED `replica_lost`), and
-//! stops what it runs whose cancel another replica requested (learnt as it renews).
+//! stops what it runs whose cancel another replica requested (learnt as it renews). The bus's
+//! signals make both quicker where it carries them: another replica's submission wakes the
+//! claimer, another replica's cancel stops the run at once; the database stays the fallback.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use super::supervise::StopReason;
 use super::{QueueMode, Runtime};
+use crate::bus::Signal;
 use crate::domain::{ExecutionId, Status};
 
 /// How often a replica looks for PENDING executions submitted elsewhere, or for a slot freed.
@@ -30,6 +35,26 @@ impl Runtime {
                 tokio::select! {
                     _ = runtime.submitted.notified() => {}
                     _ = tokio::time::sleep(CLAIM_POLL) => {}
+                }
+            }
+        });
+    }
+
+    /// Acts on the bus's signals until the runtime is dropped: a submission anywhere wakes the
+    /// claimer, a cancel requested anywhere stops the run if it is here.
+    pub(super) async fn listen_to_signals(self: &Arc<Self>) {
+        let Some(mut signals) = self.bus.signals().await else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(signal) = signals.next().await {
+                let Some(runtime) = weak.upgrade() else {
+                    return;
+                };
+                match signal {
+                    Signal::Submitted => runtime.submitted.notify_one(),
+                    Signal::Cancel(id) => runtime.stop_cancelled(&[id]),
                 }
             }
         });

@@ -94,7 +94,8 @@ pub enum QueueMode {
 pub struct Runtime {
     store: Arc<dyn Store>,
     queue: QueueMode,
-    /// Wakes the claimer of a shared queue at once when an execution is submitted here.
+    /// Wakes the claimer of a shared queue at once when an execution is submitted, here or
+    /// (as the bus signals) on another replica.
     submitted: tokio::sync::Notify,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
@@ -188,6 +189,7 @@ impl Runtime {
         }
         runtime.recover().await?;
         if let QueueMode::Shared { lease } = queue {
+            runtime.listen_to_signals().await;
             runtime.spawn_claimer();
             runtime.spawn_lease_keeper(lease);
             runtime.spawn_cluster_heartbeat(lease);

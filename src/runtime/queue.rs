@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Signal;
 use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
 use crate::store::NewExecution;
 
@@ -63,6 +64,7 @@ impl Runtime {
                 self.metrics.learn_agent(&execution.agent, &self.users);
                 self.metrics.submitted(&execution);
                 self.submitted.notify_one();
+                self.bus.signal(Signal::Submitted);
             }
         }
         Ok(execution)
@@ -81,8 +83,9 @@ impl Runtime {
     }
 
     /// Cancels an execution this replica holds no handle on: in the shared queue, one waiting
-    /// there, or one another replica runs (which learns of the request as it renews its
-    /// leases, so within a third of a lease, then stops it like a local cancel).
+    /// there, or one another replica runs. Its owner learns of the request from the bus's
+    /// signal at once, or else as it renews its leases (within a third of a lease), and stops
+    /// it like a local cancel.
     async fn cancel_elsewhere(&self, caller: &Caller, execution: Execution) -> Result<Execution> {
         let id = execution.execution_id.as_str().to_owned();
         if execution.status.is_terminal() {
@@ -111,7 +114,10 @@ impl Runtime {
         if let Some(handle) = self.handles.lock().unwrap().get(id.as_str()).cloned() {
             handle.request_stop(StopReason::Cancelled);
         }
+        // The database first: the signal is only a shortcut to what it records.
         self.store.request_cancel(&execution.execution_id).await?;
+        self.bus
+            .signal(Signal::Cancel(execution.execution_id.clone()));
         let deadline =
             tokio::time::Instant::now() + lease + self.kill_grace + Duration::from_secs(5);
         loop {

@@ -55,6 +55,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for a free pooled connection before that counts as a passing fault.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Waits between attempts while a passing fault lasts: doubling from the first to the last.
+/// How long the database waits on this replica inside a write transaction before it ends the
+/// transaction and its session. A write sends its statements back to back; a replica silent
+/// that long mid-write is frozen or cut off, and the rows it locked would otherwise stay locked
+/// until it comes back: a takeover skips locked rows, so its executions would never end.
+const IDLE_IN_WRITE_MS: u64 = 5000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -145,6 +150,20 @@ impl PostgresStore {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
             other => StoreError::Connection(other.to_string()),
         })
+    }
+
+    /// Begins a transaction that locks executions' rows, given up by the database (with its
+    /// session) when this replica stalls in it for `IDLE_IN_WRITE_MS`. `SET LOCAL` lasts the
+    /// transaction only, as a transaction-pooling proxy requires.
+    async fn begin<'a>(
+        client: &'a mut deadpool_postgres::Client,
+    ) -> Result<deadpool_postgres::Transaction<'a>> {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}"
+        ))
+        .await?;
+        Ok(tx)
     }
 
     /// Applies the migrations not yet applied, each in one transaction under an advisory lock

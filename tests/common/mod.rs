@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod daemon_proxy;
 pub mod deploy;
 pub mod docker;

@@ -77,7 +77,7 @@ async fn try_claim(
     lease: Duration,
 ) -> Result<Option<(Execution, i64, crate::domain::Event)>> {
     let mut client = store.client().await?;
-    let tx = client.transaction().await?;
+    let tx = PostgresStore::begin(&mut client).await?;
     let now = now_ms();
     let lease_ms = lease.as_millis() as i64;
     let sql = format!(
@@ -231,7 +231,7 @@ pub(super) async fn take_over_expired(
     replica: &str,
 ) -> Result<Vec<ExecutionId>> {
     let mut client = store.client().await?;
-    let tx = client.transaction().await?;
+    let tx = PostgresStore::begin(&mut client).await?;
     let sql = format!(
         "SELECT key, id, replica_id FROM executions
          WHERE status = 'RUNNING' AND lease_expires_at < {DB_NOW_MS}

@@ -61,7 +61,7 @@ pub(super) async fn delete_agent(store: &PostgresStore, id: &str) -> Result<bool
 /// Inserts the execution's row and its first event (seq 1) in one transaction.
 pub(super) async fn create(store: &PostgresStore, new: &NewExecution) -> Result<Event> {
     let mut client = store.client().await?;
-    let tx = client.transaction().await?;
+    let tx = PostgresStore::begin(&mut client).await?;
     let agent = serde_json::to_string(&new.agent).expect("agents serialize");
     let row = tx
         .query_typed_one(
@@ -139,7 +139,7 @@ async fn try_append(
     events: &[NewEvent],
 ) -> Result<Option<u64>> {
     let mut client = store.client().await?;
-    let tx = client.transaction().await?;
+    let tx = PostgresStore::begin(&mut client).await?;
     let count = events.len() as i64;
     let row = tx
         .query_typed_opt(
@@ -337,7 +337,7 @@ async fn try_transition(
     record: &Record,
 ) -> Result<Changed> {
     let mut client = store.client().await?;
-    let tx = client.transaction().await?;
+    let tx = PostgresStore::begin(&mut client).await?;
     let row = tx
         .query_typed_opt(
             "SELECT key, status, lease_epoch FROM executions WHERE id = $1 FOR UPDATE",
