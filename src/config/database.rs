@@ -21,8 +21,8 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// Checks the scheme and that PostgreSQL's client reads the rest; the error never quotes
-    /// the URL (it may hold a password).
+    /// Checks the scheme and that PostgreSQL's client reads the rest (`sslmode` among it:
+    /// `disable`, `prefer` or `require`); the error never quotes the URL (it may hold a password).
     pub fn validate(&self) -> Result<tokio_postgres::Config, String> {
         let url = self.0.trim();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -36,15 +36,7 @@ impl DatabaseUrl {
         if config.get_hosts().is_empty() {
             return Err("names no host".into());
         }
-        match config.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer => {
-                Ok(config)
-            }
-            _ => Err(
-                "sslmode=require is not supported yet: this build connects without TLS (use sslmode=disable or prefer, on a trusted network)"
-                    .into(),
-            ),
-        }
+        Ok(config)
     }
 
     /// The URL with its password replaced by `***`, in the user part and in a `password=`
@@ -130,18 +122,16 @@ mod tests {
     }
 
     #[test]
-    fn only_postgres_urls_without_required_tls_are_accepted() {
+    fn only_postgres_urls_with_a_known_sslmode_are_accepted() {
         let ok = |u: &str| DatabaseUrl::new(u).validate().map(|_| ());
         assert!(ok("postgres://app:pw@127.0.0.1:5432/agentnexus").is_ok());
         assert!(ok("postgresql://app@db/agentnexus?sslmode=prefer").is_ok());
         let err = ok("mysql://app:pw@db/agentnexus").unwrap_err();
         assert!(err.contains("postgres://"), "{err}");
         assert!(!err.contains("pw"), "{err}");
-        assert!(
-            ok("postgres://db/x?sslmode=require")
-                .unwrap_err()
-                .contains("TLS")
-        );
+        assert!(ok("postgres://db/x?sslmode=require").is_ok());
+        let err = ok("postgres://db/x?sslmode=verify-full").unwrap_err();
+        assert!(err.contains("sslmode"), "{err}");
         assert!(ok("postgres://db:notaport/x").is_err());
     }
 }

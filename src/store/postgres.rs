@@ -13,6 +13,7 @@
 mod leases;
 mod reads;
 mod retention;
+mod tls;
 mod writes;
 
 use std::collections::HashMap;
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use super::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, Result, RetentionBatch, Store, StoreError,
@@ -106,7 +106,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls::connector(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
