@@ -29,7 +29,9 @@ use crate::domain::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    /// Told with its causes: the client's own message alone ("db error", "error connecting to
+    /// server") does not say what went wrong.
+    #[error("database error: {}", postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No connection to the database could be had (the pool's own fault, or its limit).
     #[error("no database connection: {0}")]

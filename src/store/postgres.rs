@@ -272,6 +272,20 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// A PostgreSQL error with its causes, e.g. "db error: FATAL: database \"x\" does not exist"
+/// or "error connecting to server: Connection refused (os error 111)". Neither the client nor
+/// the server puts the password in them.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn backoff(attempts: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << attempts.saturating_sub(1).min(10))
