@@ -4,8 +4,9 @@
 //! clear error. A database that stops under running replicas makes their readiness 503 and a
 //! submission 503 `store_unavailable` (nothing half-accepted); once it is back everything
 //! resumes without a restart, and an execution that ran through the outage has every line,
-//! gapless. `sslmode=require` encrypts the session (as `pg_stat_ssl` shows), and a server
-//! without TLS is refused.
+//! gapless. `sslmode=require` encrypts the session (as `pg_stat_ssl` shows), `verify-full`
+//! with `sslrootcert` accepts the server's certificate and `verify-ca` with another root
+//! refuses it, and a server without TLS is refused.
 
 mod common;
 
@@ -255,7 +256,8 @@ async fn a_database_stopped_under_running_replicas_makes_them_unready_and_all_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sslmode_require_encrypts_the_session_and_a_server_without_tls_is_refused() {
+async fn sslmode_require_encrypts_the_session_verify_checks_the_root_and_a_server_without_tls_is_refused()
+ {
     let Some(cluster) = OwnCluster::start(true) else {
         return;
     };
@@ -274,6 +276,29 @@ async fn sslmode_require_encrypts_the_session_and_a_server_without_tls_is_refuse
     let (encrypted, plain) = sessions.split_once('|').unwrap();
     assert!(encrypted.parse::<u32>().unwrap() >= 1, "{sessions}");
     assert_eq!(plain, "0", "{sessions}");
+
+    // Verified: the server's certificate is its own root, and names 127.0.0.1.
+    let root = cluster.certificate();
+    let verified = url.replace(
+        "sslmode=require",
+        &format!("sslmode=verify-full&sslrootcert={}", root.display()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&config(dir.path(), &verified));
+    runs_quick(&server.client()).await;
+
+    // Another root: refused at once, not waited for.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-root.pem");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(&other, certified.cert.pem()).unwrap();
+    let impostor = url.replace(
+        "sslmode=require",
+        &format!("sslmode=verify-ca&sslrootcert={}", other.display()),
+    );
+    let (code, stderr) = serve_until_it_exits(&config(dir.path(), &impostor));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
 
     // The binary's cluster runs without TLS.
     let Some(plain_url) = database(Route::Direct) else {

@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The write's execution is no longer this replica's: its lease was lost or moved on.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The TLS the database URL asks for cannot be set up (e.g. its root certificate file).
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The store has not been able to write for longer than its outage limit.
     #[error("the store cannot write: {0}")]
     Unavailable(String),

@@ -97,7 +97,8 @@ impl PostgresStore {
         bus: Arc<dyn Bus>,
         lost: mpsc::UnboundedSender<LostStream>,
     ) -> Result<PostgresStore> {
-        let mut config = tokio_postgres::Config::from_str(url)?;
+        let (url, check) = crate::config::client_url(url).map_err(StoreError::Tls)?;
+        let mut config = tokio_postgres::Config::from_str(&url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -106,7 +107,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            tls::connector(),
+            tls::connector(&check)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -261,11 +262,15 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
                 "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "58030"
             );
     }
-    // No answer from the server: a connection that could not be made or broke (I/O).
+    // No answer from the server: a connection that could not be made or broke (I/O). A TLS
+    // handshake that failed on the server's certificate comes as I/O too, but fails the same
+    // way again.
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        if cause.downcast_ref::<std::io::Error>().is_some() {
-            return true;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io
+                .get_ref()
+                .is_none_or(|inner| inner.downcast_ref::<rustls::Error>().is_none());
         }
         source = cause.source();
     }

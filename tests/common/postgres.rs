@@ -148,6 +148,11 @@ impl OwnCluster {
         );
     }
 
+    /// The server's certificate (PEM) of a cluster started with TLS.
+    pub fn certificate(&self) -> PathBuf {
+        self.0.dir.join("data").join("server.crt")
+    }
+
     /// The answer of `sql` run in the database of `url` (unaligned, tuples only).
     pub fn query(&self, url: &str, sql: &str) -> String {
         self.0.psql(database_name(url), sql)
