@@ -4,7 +4,7 @@
 //! clear error. A database that stops under running replicas makes their readiness 503 and a
 //! submission 503 `store_unavailable` (nothing half-accepted); once it is back everything
 //! resumes without a restart, and an execution that ran through the outage has every line,
-//! gapless. `sslmode=require` encrypts the session (as `pg_stat_ssl` shows), `verify-full`
+//! gapless (or, past `store_outage_limit_secs`, ends FAILED `store_unavailable`, gapless). `sslmode=require` encrypts the session (as `pg_stat_ssl` shows), `verify-full`
 //! with `sslrootcert` accepts the server's certificate and `verify-ca` with another root
 //! refuses it, and a server without TLS is refused.
 
@@ -253,6 +253,43 @@ async fn a_database_stopped_under_running_replicas_makes_them_unready_and_all_re
     assert!(lines.len() >= 3, "{lines:?}");
     let expected: Vec<String> = (1..=lines.len()).map(|i| format!("tick {i}")).collect();
     assert_eq!(lines, expected, "a line was lost or repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_events_outwait_the_outage_limit_ends_store_unavailable_once_the_database_is_back()
+ {
+    let Some(cluster) = OwnCluster::start(false) else {
+        return;
+    };
+    let url = cluster.database("disable");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.insert_str(0, "store_outage_limit_secs = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let server = LoggedServer::spawn(&config, &[("RUST_LOG", "info")]);
+    let client = Client::new(&server.url);
+    let ticker = client.submit("ticker", json!({})).await;
+    client.wait_status(&ticker, "RUNNING", WAIT).await;
+
+    cluster.stop();
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains("an execution's stream is cut short") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.restart();
+
+    let done = client.wait_terminal(&ticker, WAIT).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["error"]["kind"], "store_unavailable", "{done}");
+    let events = client.all_events(&ticker).await;
+    assert_gapless(&events);
+    assert_eq!(statuses(&events), ["PENDING", "RUNNING", "FAILED"]);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "status", "{last}");
+    wait_for(&client, "/health/ready", StatusCode::OK).await;
+    runs_quick(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
