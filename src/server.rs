@@ -147,16 +147,7 @@ impl Server {
         let started = Instant::now();
         // Bound first, so that while the database is awaited the probes can answer (alive, not
         // ready) instead of a refused connection that an orchestrator takes for a dead process.
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let (listener, addr) = bind(config.bind).await?;
         let auth = Arc::new(Auth::from_config(&config)?);
         let mode = if auth.is_open() {
             Mode::Open
@@ -164,16 +155,7 @@ impl Server {
             Mode::Protected
         };
         let sites = Arc::new(SitePolicy::new(&config, mode, addr.port())?);
-        let mut probes: Option<Probes> = None;
-        let backends = open_backends_waiting(&config, &mut || {
-            if probes.is_none() {
-                probes = Probes::serve(&listener, started, sites.clone());
-            }
-        })
-        .await;
-        if let Some(probes) = probes {
-            probes.stop().await;
-        }
+        let backends = open_backends_with_probes(&config, &listener, started, &sites).await;
         let runtime = Runtime::start(&config, backends?).await?;
         let agents = runtime.agents().await?.len();
         tracing::info!("{}", agents_loaded(&config, agents));
@@ -197,14 +179,7 @@ impl Server {
             sites,
         };
         if let Some(metrics_addr) = config.metrics_bind {
-            let listener =
-                TcpListener::bind(metrics_addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: metrics_addr,
-                        source,
-                    })?;
-            let bound = listener.local_addr().unwrap_or(metrics_addr);
+            let (listener, bound) = bind(metrics_addr).await?;
             let sites = Arc::new(SitePolicy::new(&config, mode, bound.port())?);
             let app = api::metrics_app(state.clone(), sites);
             tracing::info!(addr = %bound, "metrics listening");
@@ -262,6 +237,34 @@ impl Server {
         self.connections.closed().await;
         tracing::info!("stopped");
     }
+}
+
+/// A listener on `addr`, and the address it got (the port, for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
+/// `open_backends`, answering the probes on `listener` while the database is awaited.
+async fn open_backends_with_probes(
+    config: &Config,
+    listener: &TcpListener,
+    started: Instant,
+    sites: &Arc<SitePolicy>,
+) -> Result<Backends, StartError> {
+    let mut probes: Option<Probes> = None;
+    let backends = open_backends_waiting(config, &mut || {
+        if probes.is_none() {
+            probes = Probes::serve(listener, started, sites.clone());
+        }
+    })
+    .await;
+    if let Some(probes) = probes {
+        probes.stop().await;
+    }
+    backends
 }
 
 /// The probes served on the API's listener while the database is awaited at start.
