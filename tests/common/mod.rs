@@ -479,9 +479,9 @@ impl LoggedServer {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(after) = line.split(&marker).nth(1) {
-                    if let Some(addr) = after.split("addr=").nth(1).or(Some(after)) {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                    }
+                    // The address follows the marker: directly, or as its `addr=` field.
+                    let addr = after.split("addr=").nth(1).unwrap_or(after);
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
