@@ -17,7 +17,7 @@ mod replica;
 mod report;
 mod retention;
 
-pub use database::DatabaseUrl;
+pub use database::{CertificateCheck, DatabaseUrl, client_url};
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
 use replica::{LEASE_MS_MAX, LEASE_MS_MIN, default_replica_id, validate_replica_id};
 

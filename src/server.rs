@@ -46,6 +46,15 @@ const SHARED_STORE_POLL: Duration = Duration::from_secs(1);
 /// `nats_url` (connected in the background: the server may be away at start), else the
 /// in-process bus (polling the store if the database is shared).
 pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
+    open_backends_waiting(config, &mut || {}).await
+}
+
+/// As `open_backends`, calling `waiting` after each attempt to reach the database that failed
+/// for a passing reason (it is tried again until it answers).
+async fn open_backends_waiting(
+    config: &Config,
+    waiting: &mut (dyn FnMut() + Send),
+) -> Result<Backends, StartError> {
     let bus: Arc<dyn Bus> = match &config.nats_url {
         Some(url) => {
             let bus = NatsBus::connect(url).await?;
@@ -64,7 +73,7 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
         Some(url) => {
             tracing::info!(database = %url, "keeping state in PostgreSQL");
             let options = PostgresOptions { outage_limit };
-            let store = PostgresStore::open(url.expose(), options, bus.clone(), lost).await?;
+            let store = open_postgres(url, options, &bus, lost, waiting).await?;
             (Arc::new(store), QueueMode::Shared { lease })
         }
         None => {
@@ -84,6 +93,44 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     })
 }
 
+/// Waits between attempts to reach the database at start: doubling up to the last.
+const FIRST_START_RETRY: Duration = Duration::from_millis(250);
+const MAX_START_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens the PostgreSQL store, waiting for the database as long as its fault may pass (refused,
+/// timed out, starting up: `StoreError::is_transient`), so replicas and their database can
+/// start in any order. A fault that will not pass (no such database, authentication refused)
+/// ends the start at once.
+async fn open_postgres(
+    url: &crate::config::DatabaseUrl,
+    options: PostgresOptions,
+    bus: &Arc<dyn Bus>,
+    lost: tokio::sync::mpsc::UnboundedSender<crate::store::LostStream>,
+    waiting: &mut (dyn FnMut() + Send),
+) -> Result<PostgresStore, StoreError> {
+    let mut attempts: u32 = 0;
+    let mut wait = FIRST_START_RETRY;
+    loop {
+        match PostgresStore::open(url.expose(), options.clone(), bus.clone(), lost.clone()).await {
+            Ok(store) => {
+                if attempts > 0 {
+                    tracing::info!(attempts = attempts + 1, "the database answers");
+                }
+                return Ok(store);
+            }
+            Err(e) if e.is_transient() => {
+                attempts += 1;
+                // The client's errors name the host and the cause, never the password.
+                tracing::warn!(database = %url, attempt = attempts, error = %e, retry_in = ?wait, "the database cannot be reached yet; retrying");
+                waiting();
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_START_RETRY);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A server that is up and serving.
 pub struct Server {
     addr: SocketAddr,
@@ -98,28 +145,25 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
-        let runtime = Runtime::start(&config, open_backends(&config).await?).await?;
-        let agents = runtime.agents().await?.len();
-        tracing::info!("{}", agents_loaded(&config, agents));
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        // Bound first, so that while the database is awaited the probes can answer (alive, not
+        // ready) instead of a refused connection that an orchestrator takes for a dead process.
+        let (listener, addr) = bind(config.bind).await?;
         let auth = Arc::new(Auth::from_config(&config)?);
         let mode = if auth.is_open() {
-            tracing::warn!(
-                "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only; requests must name it as localhost, a loopback address or one of allowed_hosts)"
-            );
             Mode::Open
         } else {
             Mode::Protected
         };
+        let sites = Arc::new(SitePolicy::new(&config, mode, addr.port())?);
+        let backends = open_backends_with_probes(&config, &listener, started, &sites).await;
+        let runtime = Runtime::start(&config, backends?).await?;
+        let agents = runtime.agents().await?.len();
+        tracing::info!("{}", agents_loaded(&config, agents));
+        if mode == Mode::Open {
+            tracing::warn!(
+                "no api_keys configured: the API is open to anyone who can reach {addr} (loopback only; requests must name it as localhost, a loopback address or one of allowed_hosts)"
+            );
+        }
         let draining = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
         let connections = Arc::new(Connections::default());
@@ -132,17 +176,10 @@ impl Server {
             closing: stop_accepting.clone(),
             websocket: Arc::new(config.websocket.clone()),
             connections: connections.clone(),
-            sites: Arc::new(SitePolicy::new(&config, mode, addr.port())?),
+            sites,
         };
         if let Some(metrics_addr) = config.metrics_bind {
-            let listener =
-                TcpListener::bind(metrics_addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: metrics_addr,
-                        source,
-                    })?;
-            let bound = listener.local_addr().unwrap_or(metrics_addr);
+            let (listener, bound) = bind(metrics_addr).await?;
             let sites = Arc::new(SitePolicy::new(&config, mode, bound.port())?);
             let app = api::metrics_app(state.clone(), sites);
             tracing::info!(addr = %bound, "metrics listening");
@@ -199,6 +236,72 @@ impl Server {
         // said goodbye would cut them off without a close frame.
         self.connections.closed().await;
         tracing::info!("stopped");
+    }
+}
+
+/// A listener on `addr`, and the address it got (the port, for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
+/// `open_backends`, answering the probes on `listener` while the database is awaited.
+async fn open_backends_with_probes(
+    config: &Config,
+    listener: &TcpListener,
+    started: Instant,
+    sites: &Arc<SitePolicy>,
+) -> Result<Backends, StartError> {
+    let mut probes: Option<Probes> = None;
+    let backends = open_backends_waiting(config, &mut || {
+        if probes.is_none() {
+            probes = Probes::serve(listener, started, sites.clone());
+        }
+    })
+    .await;
+    if let Some(probes) = probes {
+        probes.stop().await;
+    }
+    backends
+}
+
+/// The probes served on the API's listener while the database is awaited at start.
+struct Probes {
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Probes {
+    /// Serves `api::starting_router` on a second handle of `listener` (the same socket), which
+    /// is closed again by `stop`; `None` (logged) if the handle cannot be had.
+    fn serve(listener: &TcpListener, started: Instant, sites: Arc<SitePolicy>) -> Option<Probes> {
+        use std::os::fd::AsFd;
+        let handle = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| TcpListener::from_std(std::net::TcpListener::from(fd)));
+        let second = match handle {
+            Ok(second) => second,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot answer the probes while the database is awaited");
+                return None;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "waiting for the database; meanwhile liveness answers 200, readiness and the API 503");
+        }
+        let stop = CancellationToken::new();
+        let app = api::starting_router(started, sites);
+        let task = tokio::spawn(serve(second, app, stop.clone()));
+        Some(Probes { stop, task })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        // A probe is answered at once; a client that keeps its connection open is not awaited.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
     }
 }
 

@@ -59,7 +59,7 @@ impl AgentSpec {
         (status = 409, description = "`conflict`: an agent with this id exists", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body must be `application/json`", body = ErrorBody),
-        (status = 503, description = "`store_unavailable`: the store has not been able to write for longer than its outage limit", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the store cannot be reached, or has not been able to write for longer than its outage limit", body = ErrorBody),
     ),
 )]
 pub async fn create(

@@ -111,6 +111,16 @@ impl From<Error> for ApiError {
             Error::Store(StoreError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
+            // The database cannot be reached (for now): the request changed nothing and may be
+            // repeated once readiness is back. The cause stays in the log.
+            Error::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "the store cannot be reached while serving a request");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::StoreUnavailable,
+                    "the store cannot be reached; try again once the server is ready",
+                );
+            }
             Error::Store(e) => {
                 // Details stay in the log; the client learns only that it was on our side.
                 tracing::error!(error = %e, "store error while serving a request");
@@ -211,6 +221,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         let upgrade = WebSocketUpgrade::from_request_parts(parts, state).await?;
         Ok(Upgrade(upgrade))
     }
+}
+
+/// Everything but the probes while the server waits for its database at start.
+pub async fn starting() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StoreUnavailable,
+        "the server is starting: its database cannot be reached yet",
+    )
 }
 
 pub async fn not_found() -> ApiError {

@@ -71,7 +71,7 @@ pub struct Submitted {
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body must be `application/json`", body = ErrorBody),
         (status = 422, description = "`input_rejected`: the input does not satisfy the agent's `inputSchema`", body = ErrorBody),
-        (status = 503, description = "`shutting_down`, `store_unavailable` (the store has not been able to write for longer than its outage limit)", body = ErrorBody),
+        (status = 503, description = "`shutting_down`, `store_unavailable` (the store cannot be reached, or has not been able to write for longer than its outage limit)", body = ErrorBody),
     ),
 )]
 pub async fn submit(

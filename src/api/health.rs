@@ -1,10 +1,11 @@
 //! Health probes in the spec's shapes. Liveness depends on nothing but the process. Readiness
 //! runs its checks concurrently, each bounded by a timeout, so a hung dependency makes it answer
 //! fast rather than hang: database failure → 503 unhealthy; Docker or memory trouble, or NATS
-//! away (followers read the store meanwhile) → 200 degraded; shutting down → 503.
+//! away (followers read the store meanwhile) → 200 degraded; shutting down → 503. While the
+//! server waits for its database at start, liveness answers 200 and readiness 503.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -64,10 +65,14 @@ enum CheckStatus {
 }
 
 fn report(state: &AppState, status: &str, checks: Value) -> Value {
+    report_since(state.started, status, checks)
+}
+
+fn report_since(started: Instant, status: &str, checks: Value) -> Value {
     json!({
         "status": status,
         "timestamp": rfc3339_ms(now_ms()),
-        "uptime": state.started.elapsed().as_secs(),
+        "uptime": started.elapsed().as_secs(),
         "checks": checks,
     })
 }
@@ -84,6 +89,23 @@ fn check(ok: bool, message: &str) -> Value {
 pub async fn live(State(state): State<AppState>) -> Json<Value> {
     let checks = json!({ "service": check(true, "Service is running") });
     Json(report(&state, "healthy", checks))
+}
+
+/// Liveness while the server waits for its database at start: the process runs.
+pub async fn starting_live(State(started): State<Instant>) -> Json<Value> {
+    let checks = json!({ "service": check(true, "Service is running") });
+    Json(report_since(started, "healthy", checks))
+}
+
+/// Readiness while the server waits for its database at start: not ready.
+pub async fn starting_ready(State(started): State<Instant>) -> (StatusCode, Json<Value>) {
+    let checks = json!({
+        "database": check(false, "Database connection failed (waiting for it at start)"),
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(report_since(started, "unhealthy", checks)),
+    )
 }
 
 /// Readiness: the database, Docker, memory, the WebSocket server and the event bus, each

@@ -169,6 +169,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// What answers while the server waits for its database at start: the probes (alive, not
+/// ready), and 503 `store_unavailable` for everything else; under the same host policy.
+pub fn starting_router(started: Instant, sites: Arc<SitePolicy>) -> Router {
+    Router::new()
+        .route("/health", get(health::starting_live))
+        .route("/health/live", get(health::starting_live))
+        .route("/health/ready", get(health::starting_ready))
+        .fallback(error::starting)
+        .layer(axum::middleware::from_fn_with_state(sites, host::admit))
+        .with_state(started)
+}
+
 /// `/metrics` and `/metrics/json` alone, for the optional metrics listener, whose own port
 /// `sites` knows.
 pub fn metrics_app(state: AppState, sites: Arc<SitePolicy>) -> Router {

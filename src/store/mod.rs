@@ -29,7 +29,9 @@ use crate::domain::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    /// Told with its causes: the client's own message alone ("db error", "error connecting to
+    /// server") does not say what went wrong.
+    #[error("database error: {}", postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No connection to the database could be had (the pool's own fault, or its limit).
     #[error("no database connection: {0}")]
@@ -48,6 +50,9 @@ pub enum StoreError {
     /// The write's execution is no longer this replica's: its lease was lost or moved on.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The TLS the database URL asks for cannot be set up (e.g. its root certificate file).
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The store has not been able to write for longer than its outage limit.
     #[error("the store cannot write: {0}")]
     Unavailable(String),

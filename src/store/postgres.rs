@@ -14,6 +14,7 @@ mod cluster;
 mod leases;
 mod reads;
 mod retention;
+mod tls;
 mod writes;
 
 use std::collections::HashMap;
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use super::{
     ClusterBeat, ClusterFacts, ExecutionFilter, LostStream, NewEvent, NewExecution, Result,
@@ -107,7 +107,8 @@ impl PostgresStore {
         bus: Arc<dyn Bus>,
         lost: mpsc::UnboundedSender<LostStream>,
     ) -> Result<PostgresStore> {
-        let mut config = tokio_postgres::Config::from_str(url)?;
+        let (url, check) = crate::config::client_url(url).map_err(StoreError::Tls)?;
+        let mut config = tokio_postgres::Config::from_str(&url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -116,7 +117,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls::connector(&check)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -286,15 +287,33 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
                 "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "58030"
             );
     }
-    // No answer from the server: a connection that could not be made or broke (I/O).
+    // No answer from the server: a connection that could not be made or broke (I/O). A TLS
+    // handshake that failed on the server's certificate comes as I/O too, but fails the same
+    // way again.
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        if cause.downcast_ref::<std::io::Error>().is_some() {
-            return true;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io
+                .get_ref()
+                .is_none_or(|inner| inner.downcast_ref::<rustls::Error>().is_none());
         }
         source = cause.source();
     }
     false
+}
+
+/// A PostgreSQL error with its causes, e.g. "db error: FATAL: database \"x\" does not exist"
+/// or "error connecting to server: Connection refused (os error 111)". Neither the client nor
+/// the server puts the password in them.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn backoff(attempts: u32) -> Duration {

@@ -453,6 +453,13 @@ pub struct LoggedServer {
 
 impl LoggedServer {
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> LoggedServer {
+        Self::spawn_until(config, env, "agentnexus listening addr=")
+    }
+
+    /// Starts it and waits until a line holding `marker` and then the listener's address
+    /// (`addr=`) is logged, e.g. once it answers the probes while it waits for its database.
+    pub fn spawn_until(config: &Path, env: &[(&str, &str)], marker: &str) -> LoggedServer {
+        let marker = marker.to_owned();
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
         command
             .arg("serve")
@@ -472,8 +479,10 @@ impl LoggedServer {
         let sink = log.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("agentnexus listening addr=").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap().to_owned());
+                if let Some(after) = line.split(&marker).nth(1) {
+                    // The address follows the marker: directly, or as its `addr=` field.
+                    let addr = after.split("addr=").nth(1).unwrap_or(after);
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -492,6 +501,11 @@ impl LoggedServer {
             log,
             reader: Some(reader),
         }
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// Stops it gracefully and returns everything it logged.

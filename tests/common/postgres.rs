@@ -5,6 +5,9 @@
 //! first test that asks for a database; each test gets a fresh database of its own
 //! (`database`).
 //!
+//! A test that stops and starts its database, or needs TLS, takes a cluster of its own
+//! (`OwnCluster`), so the tests sharing the binary's cluster are not disturbed.
+//!
 //! A watchdog process, started with the cluster in a process group of its own, stops the
 //! cluster and PgBouncer and removes the directory once the test binary has exited, however it
 //! exited. A cluster left over by a watchdog that was killed blocks nothing: each run uses a
@@ -38,10 +41,13 @@ struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Whether it runs with `ssl = on`.
+    tls: bool,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static BOUNCER: OnceLock<u16> = OnceLock::new();
+/// Numbers databases across every cluster of the binary.
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// The directory of the newest installed PostgreSQL's programs (Debian's layout).
@@ -73,28 +79,8 @@ pub fn database(route: Route) -> Option<String> {
     if !have(Tool::Postgres) || (route == Route::PgBouncer && !have(Tool::PgBouncer)) {
         return None;
     }
-    let cluster = CLUSTER.get_or_init(Cluster::start);
-    let name = format!("test_{}", DATABASES.fetch_add(1, Ordering::Relaxed));
-    let created = Command::new(cluster.bin.join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            DB_USER,
-        ])
-        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("psql runs");
-    assert!(
-        created.status.success(),
-        "CREATE DATABASE: {}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let cluster = CLUSTER.get_or_init(|| Cluster::start(false));
+    let name = cluster.create_database();
     let port = match route {
         Route::Direct => cluster.port,
         Route::PgBouncer => *BOUNCER.get_or_init(|| cluster.start_pgbouncer()),
@@ -108,32 +94,82 @@ pub fn database(route: Route) -> Option<String> {
 /// `pg_terminate_backend` or a server restart would), returning how many there were.
 pub fn terminate_connections(url: &str) -> usize {
     let cluster = CLUSTER.get().expect("the cluster is started by `database`");
-    let name = url
-        .rsplit('/')
-        .next()
-        .and_then(|tail| tail.split('?').next())
-        .expect("a database name");
-    let killed = Command::new(cluster.bin.join("psql"))
-        .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", DB_USER])
-        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
-        .arg(format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .output()
-        .expect("psql runs");
-    assert!(
-        killed.status.success(),
-        "pg_terminate_backend: {}",
-        String::from_utf8_lossy(&killed.stderr)
-    );
-    String::from_utf8_lossy(&killed.stdout)
-        .trim()
+    let name = database_name(url);
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"
+            ),
+        )
         .parse()
         .unwrap()
 }
 
+/// A cluster of one test's own, which it may stop and start again (on the same port and data
+/// directory) or run with TLS, without disturbing the tests that share the binary's cluster.
+pub struct OwnCluster(Cluster);
+
+impl OwnCluster {
+    /// A started cluster; with `tls`, `ssl = on` with a self-signed certificate for
+    /// `localhost` and 127.0.0.1. `None` (after `skip`) when PostgreSQL is not installed.
+    pub fn start(tls: bool) -> Option<OwnCluster> {
+        have(Tool::Postgres).then(|| OwnCluster(Cluster::start(tls)))
+    }
+
+    /// A fresh database in it, as a URL with the given `sslmode`.
+    pub fn database(&self, sslmode: &str) -> String {
+        let name = self.0.create_database();
+        format!(
+            "postgres://{DB_USER}@127.0.0.1:{}/{name}?sslmode={sslmode}",
+            self.0.port
+        )
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are ended, as a database restart or
+    /// failover ends them) and waits until it is down.
+    pub fn stop(&self) {
+        let stopped = as_system_user(&self.0.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(self.0.dir.join("data"))
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(stopped.success(), "pg_ctl stop");
+    }
+
+    /// Starts the stopped server again, on its port and data directory.
+    pub fn restart(&self) {
+        assert!(
+            self.0.pg_ctl_start(),
+            "PostgreSQL did not start again: {}",
+            std::fs::read_to_string(self.0.dir.join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// The server's certificate (PEM) of a cluster started with TLS.
+    pub fn certificate(&self) -> PathBuf {
+        self.0.dir.join("data").join("server.crt")
+    }
+
+    /// The answer of `sql` run in the database of `url` (unaligned, tuples only).
+    pub fn query(&self, url: &str, sql: &str) -> String {
+        self.0.psql(database_name(url), sql)
+    }
+}
+
+/// The database a URL of these helpers names.
+fn database_name(url: &str) -> &str {
+    url.rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name")
+}
+
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(tls: bool) -> Cluster {
         let bin = bin_dir().expect("checked by have(Tool::Postgres)");
         let dir = tempfile::Builder::new()
             .prefix("agentnexus-pg-")
@@ -161,34 +197,83 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        if tls {
+            self_signed_certificate(&data);
+            own(&dir);
+        }
         watch_over(&bin, &dir);
         // A free port can be taken by someone else before the server binds it: try a few.
         for _ in 0..5 {
-            let port = free_port();
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} {} -c max_connections=200",
-                dir.display(),
-                durability()
-            );
-            let started = as_system_user(&bin.join("pg_ctl"))
-                .args(["-w", "-t", "60", "-D"])
-                .arg(&data)
-                .arg("-l")
-                .arg(dir.join("postgres.log"))
-                .args(["-o", &options, "start"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("pg_ctl runs");
-            if started.success() {
-                return Cluster { bin, dir, port };
+            let cluster = Cluster {
+                bin: bin.clone(),
+                dir: dir.clone(),
+                port: free_port(),
+                tls,
+            };
+            if cluster.pg_ctl_start() {
+                return cluster;
             }
         }
         panic!(
             "PostgreSQL did not start: {}",
             std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
         );
+    }
+
+    /// Starts the server on its port and waits until it accepts connections.
+    fn pg_ctl_start(&self) -> bool {
+        let mut options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} {} -c max_connections=200",
+            self.port,
+            self.dir.display(),
+            durability()
+        );
+        if self.tls {
+            options.push_str(" -c ssl=on");
+        }
+        as_system_user(&self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-o", &options, "start"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+            .success()
+    }
+
+    /// Creates a fresh database and returns its name.
+    fn create_database(&self) -> String {
+        let name = format!("test_{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// Runs `sql` in `database` as the administrator, returning its rows (unaligned).
+    fn psql(&self, database: &str, sql: &str) -> String {
+        let output = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                DB_USER,
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-d", database, "-c", sql])
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// Starts PgBouncer in transaction pooling mode in front of the cluster.
@@ -233,6 +318,18 @@ impl Cluster {
             std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
         );
     }
+}
+
+/// Writes `server.crt` and `server.key` (self-signed, for `localhost` and 127.0.0.1) into a
+/// data directory, where `ssl = on` finds them.
+fn self_signed_certificate(data: &Path) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).expect("a certificate is made");
+    std::fs::write(data.join("server.crt"), certified.cert.pem()).unwrap();
+    let key = data.join("server.key");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    // PostgreSQL refuses a key that others may read.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// Gives `dir` (and what is in it) to the system user, when the tests run as root.
