@@ -1,5 +1,5 @@
 //! The deployment files in `deploy/` checked with the real tools: `docker-compose config`,
-//! `kubernetes-validate`, the shipped runtime configs, and the image's way of starting the runtime
+//! promtool on the PrometheusRule, the shipped runtime configs, and the image's way of starting the runtime
 //! (keys from the environment or a Secret file) and its health check script, run for real.
 
 mod common;
@@ -8,9 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::deploy::{compose_mount_source, deploy, read, run, yaml, yaml_docs};
+use common::Client;
+use common::deploy::{
+    compose_mount_source, deploy, kustomize, one, read, run, spawn_like_the_image, status_of,
+    toml_port, yaml,
+};
 use common::tools::{Tool, have, on_path};
-use common::{Client, ServerProcess};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -95,87 +98,17 @@ fn compose_pins_images_uses_named_volumes_and_the_spec_ports() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kubernetes manifests, the image's start and health check, against the real runtime
-
-fn k8s_docs() -> Vec<(String, Value)> {
-    let kustomization = yaml("k8s/kustomization.yaml");
-    let mut docs = Vec::new();
-    for file in kustomization["resources"].as_array().unwrap() {
-        let file = file.as_str().unwrap();
-        for doc in yaml_docs(&deploy(&format!("k8s/{file}"))) {
-            docs.push((file.to_owned(), doc));
-        }
-    }
-    docs
-}
-
-fn k8s(kind: &str) -> Value {
-    let found: Vec<Value> = k8s_docs()
-        .into_iter()
-        .filter(|(_, d)| d["kind"] == kind)
-        .map(|(_, d)| d)
-        .collect();
-    assert_eq!(found.len(), 1, "one {kind}");
-    found.into_iter().next().unwrap()
-}
-
-#[test]
-fn kubernetes_manifests_validate_offline() {
-    if !have(Tool::PyYaml) {
-        return;
-    }
-    // Every manifest file is listed in the kustomization.
-    let listed: BTreeSet<String> = k8s_docs().into_iter().map(|(f, _)| f).collect();
-    for entry in std::fs::read_dir(deploy("k8s")).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            assert!(
-                listed.contains(&name),
-                "{name} is not in kustomization.yaml"
-            );
-        }
-    }
-    if !have(Tool::KubernetesValidate) {
-        return;
-    }
-    let files: Vec<String> = listed
-        .iter()
-        .map(|f| deploy(&format!("k8s/{f}")).display().to_string())
-        .collect();
-    let mut args = vec!["--strict", "-k", "1.30.0"];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, out) = run("kubernetes-validate", &args, None);
-    assert!(ok, "kubernetes-validate: {out}");
-    // The built-in kinds were validated, not skipped; only the operator's CRDs lack a schema.
-    for kind in [
-        "configmap",
-        "deployment",
-        "service",
-        "persistentvolumeclaim",
-        "namespace",
-    ] {
-        assert!(
-            out.contains(&format!("passed for resource {kind}/")),
-            "{kind}: {out}"
-        );
-    }
-    for line in out.lines().filter(|l| l.starts_with("WARN")) {
-        assert!(
-            line.contains("monitoring.coreos.com/v1"),
-            "unexpected warning: {line}"
-        );
-    }
-}
+// Kubernetes (the single-node variant; tests/deployment_k8s.rs checks every variant), the image
+// and its config, against the real runtime
 
 #[test]
 fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
     if !(have(Tool::PyYaml) && have(Tool::Promtool)) {
         return;
     }
-    let rule = k8s("PrometheusRule");
+    let rule = one(&kustomize("k8s"), "PrometheusRule");
     let alerts = yaml("prometheus/alerts.yml");
-    let sync =
-        "k8s/prometheusrule.yaml differs from prometheus/alerts.yml: run deploy/k8s/sync-rules.sh";
+    let sync = "k8s/common/prometheusrule.yaml differs from prometheus/alerts.yml: run deploy/k8s/sync-rules.sh";
     let (ours, theirs) = (&rule["spec"]["groups"], &alerts["groups"]);
     let names = |g: &Value| -> Vec<Value> {
         g.as_array()
@@ -222,50 +155,15 @@ fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
     assert!(ok, "{out}");
 }
 
-/// The real binary started as the image starts it — `agentnexus serve`, the config file named
-/// by `AGENTNEXUS_CONFIG` — with a shipped config file and `env` (the API keys).
-fn spawn_like_the_image(config: &Path, data: &Path, env: &[(&str, &str)]) -> ServerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
-    command
-        .arg("serve")
-        .env("AGENTNEXUS_CONFIG", config)
-        // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
-        .env("AGENTNEXUS_BIND", "127.0.0.1:0")
-        .env("AGENTNEXUS_DATA_DIR", data.join("data"))
-        .env_remove("AGENTNEXUS_API_KEYS")
-        .env_remove("AGENTNEXUS_API_KEYS_FILE");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    ServerProcess::spawn_command(command)
-}
-
-fn toml_port(config: &str) -> u16 {
-    let bind = config
-        .lines()
-        .find_map(|l| l.strip_prefix("bind = \""))
-        .expect("a bind line");
-    bind.trim_end_matches('"')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn status_of(url: &str, token: Option<&str>) -> StatusCode {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    request.send().await.unwrap().status()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
     if !have(Tool::PyYaml) {
         return;
     }
+    // The single-node variant, whose runtime needs nothing else (the cluster's pod template
+    // has the same container but for the shared store: the_replicas_share_...).
+    let docs = kustomize("k8s/single-node");
+    let k8s = |kind: &str| one(&docs, kind);
     let deployment = k8s("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let config_map = k8s("ConfigMap");
