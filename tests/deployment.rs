@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use common::Client;
 use common::deploy::{
     compose_mount_source, deploy, kustomize, one, read, run, spawn_like_the_image, status_of,
-    toml_port, yaml,
+    toml_port, yaml, yaml_docs,
 };
 use common::tools::{Tool, have, on_path};
 use reqwest::StatusCode;
@@ -20,22 +20,183 @@ use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
 // docker-compose
 
-#[test]
-fn docker_compose_accepts_the_compose_file() {
-    let (program, prefix): (&str, &[&str]) = if on_path("docker-compose") {
-        ("docker-compose", &[])
+/// `docker-compose`, or `docker compose`, with the arguments that precede its own; `None`
+/// (after `skip`) without either.
+fn compose() -> Option<(&'static str, Vec<&'static str>)> {
+    if on_path("docker-compose") {
+        Some(("docker-compose", vec![]))
     } else if on_path("docker") && run("docker", &["compose", "version"], None).0 {
-        ("docker", &["compose"])
+        Some(("docker", vec!["compose"]))
     } else {
         common::skip(
             "neither docker-compose nor `docker compose` is installed (apt-get install docker-compose; scripts/test installs it)",
         );
+        None
+    }
+}
+
+/// `compose … config` of the compose file with `extra` arguments first: whether it passed, and
+/// its output (the resolved file).
+fn compose_config(extra: &[&str], quiet: bool) -> Option<(bool, String)> {
+    let (program, mut args) = compose()?;
+    args.extend(extra);
+    args.extend(["-f", "docker-compose.yml", "config"]);
+    if quiet {
+        args.push("--quiet");
+    }
+    Some(run(program, &args, Some(&deploy(""))))
+}
+
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    for profile in [&[][..], &["--profile", "cluster"]] {
+        let Some((ok, out)) = compose_config(profile, true) else {
+            return;
+        };
+        assert!(ok, "config {profile:?}: {out}");
+    }
+}
+
+/// The compose file with the cluster profile, as compose resolves it (variables substituted,
+/// `<<` merged), or `None` (after `skip`) without compose or PyYAML.
+fn cluster_compose() -> Option<Value> {
+    if !have(Tool::PyYaml) {
+        return None;
+    }
+    let (program, mut args) = compose()?;
+    args.extend(["--profile", "cluster", "-f", "docker-compose.yml", "config"]);
+    let out = Command::new(program)
+        .args(&args)
+        .current_dir(deploy(""))
+        // The defaults the file gives, not whatever this machine's environment says.
+        .env_remove("POSTGRES_PASSWORD")
+        .env_remove("AGENTNEXUS_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resolved.yml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    Some(yaml_docs(&path).remove(0))
+}
+
+const REPLICAS: [&str; 3] = ["agentnexus-1", "agentnexus-2", "agentnexus-3"];
+
+#[test]
+fn the_cluster_profile_runs_three_replicas_on_one_database_and_nats_behind_the_proxy() {
+    let Some(compose) = cluster_compose() else {
         return;
     };
-    let mut args = prefix.to_vec();
-    args.extend(["-f", "docker-compose.yml", "config", "--quiet"]);
-    let (ok, out) = run(program, &args, Some(&deploy("")));
-    assert!(ok, "{program} config: {out}");
+    let services = compose["services"].as_object().unwrap();
+    // Without the profile, the single runtime on SQLite and its monitoring, as before.
+    let default: BTreeSet<&str> = services
+        .iter()
+        .filter(|(_, s)| s.get("profiles").is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        default,
+        BTreeSet::from(["agentnexus", "prometheus", "alertmanager", "grafana"])
+    );
+    for name in REPLICAS.iter().chain(&["postgres", "nats", "proxy"]) {
+        assert_eq!(services[*name]["profiles"], json!(["cluster"]), "{name}");
+        let image = services[*name]["image"].as_str().unwrap();
+        let (_, tag) = image.rsplit_once(':').expect("a tag");
+        assert!(
+            tag != "latest" && tag.starts_with(|c: char| c.is_ascii_digit()),
+            "{name}: {image} is not pinned"
+        );
+    }
+    // One database URL and one NATS URL for all three, each its own replica id.
+    let env = |name: &str, key: &str| services[name]["environment"][key].clone();
+    let mut ids = BTreeSet::new();
+    for name in REPLICAS {
+        for key in [
+            "AGENTNEXUS_DATABASE_URL",
+            "AGENTNEXUS_NATS_URL",
+            "AGENTNEXUS_API_KEYS",
+        ] {
+            assert_eq!(env(name, key), env(REPLICAS[0], key), "{name}: {key}");
+        }
+        ids.insert(
+            env(name, "AGENTNEXUS_REPLICA_ID")
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        assert_eq!(
+            services[name]["depends_on"]["postgres"]["condition"],
+            "service_healthy"
+        );
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // The URL is the postgres service's database, user and password.
+    let url = env(REPLICAS[0], "AGENTNEXUS_DATABASE_URL");
+    let pg = &services["postgres"]["environment"];
+    let expected = format!(
+        "postgres://{}:{}@postgres:5432/{}?sslmode=disable",
+        pg["POSTGRES_USER"].as_str().unwrap(),
+        pg["POSTGRES_PASSWORD"].as_str().unwrap(),
+        pg["POSTGRES_DB"].as_str().unwrap()
+    );
+    assert_eq!(url, expected);
+    assert_eq!(env(REPLICAS[0], "AGENTNEXUS_NATS_URL"), "nats://nats:4222");
+    assert!(
+        services["nats"]["command"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w[0] == "--port" && w[1] == "4222")
+    );
+
+    // The proxy: published, routing to the three replicas' port, passing WebSocket upgrades.
+    // (Compose v1 writes ports and mounts in the short form, v2 in the long one.)
+    let proxy = &services["proxy"];
+    let published = match &proxy["ports"][0] {
+        Value::String(short) => short.split(':').next().unwrap().to_owned(),
+        long => long["published"].to_string().trim_matches('"').to_owned(),
+    };
+    assert_eq!(published, "8080", "{proxy}");
+    let source = match &proxy["volumes"][0] {
+        Value::String(short) => short.split(':').next().unwrap().to_owned(),
+        long => long["source"].as_str().unwrap().to_owned(),
+    };
+    assert!(source.ends_with("deploy/nginx/cluster.conf"), "{source}");
+    let conf = read("nginx/cluster.conf");
+    let upstream: BTreeSet<&str> = conf
+        .lines()
+        .skip_while(|l| l.trim() != "upstream agentnexus {")
+        .take_while(|l| l.trim() != "}")
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|s| s.trim_end_matches(';'))
+        .collect();
+    let port = toml_port(&read("agentnexus.toml"));
+    let wanted: BTreeSet<String> = REPLICAS.iter().map(|r| format!("{r}:{port}")).collect();
+    assert_eq!(
+        upstream,
+        wanted.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    let directives: BTreeSet<String> = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    for wanted in [
+        "proxy_pass http://agentnexus;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "default upgrade;",
+    ] {
+        assert!(
+            directives.contains(wanted),
+            "nginx/cluster.conf lacks {wanted}"
+        );
+    }
 }
 
 #[test]
