@@ -1,6 +1,7 @@
 //! `scripts/cluster`, the README's three replicas on one machine: it starts PostgreSQL, NATS
 //! and three replicas; an execution submitted to one replica is run once and followed live on
-//! another; Ctrl-C (SIGINT to its process group, as a terminal sends it) and SIGTERM (to the
+//! another, and through the docker-compose cluster profile's proxy config (nginx, in front of
+//! these replicas instead of the containers); Ctrl-C (SIGINT to its process group, as a terminal sends it) and SIGTERM (to the
 //! script alone) each stop
 //! everything it started and remove its directory.
 
@@ -14,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::tools::{Tool, have};
+use common::tools::{NGINX_SBIN, Tool, have, on_path};
 use common::ws::Ws;
 use common::{Client, assert_gapless, log_lines};
 use serde_json::json;
@@ -127,6 +128,17 @@ impl Script {
     }
 }
 
+/// A test that failed half-way still stops what the script started.
+impl Drop for Script {
+    fn drop(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            // SAFETY: signals a child of this test.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_submitted_to_one_replica_is_followed_on_another_and_ctrl_c_stops_all() {
     let Some(mut script) = start() else { return };
@@ -150,8 +162,104 @@ async fn an_execution_submitted_to_one_replica_is_followed_on_another_and_ctrl_c
         ["replica-1", "replica-2", "replica-3"].contains(&owner),
         "{done}"
     );
+
+    // The compose proxy's config in front of the same replicas: requests and WebSocket
+    // upgrades pass through it.
+    if let Some(proxy) = Proxy::start(&script.http) {
+        let through = Client::new(&proxy.url);
+        let id = through.submit("counter", json!({"count": 10})).await;
+        let mut ws = Ws::connect_to(&proxy.url).await;
+        ws.subscribe(&id, Some(0)).await;
+        let events = ws.events_until_end(&id).await;
+        assert_gapless(&events);
+        let ticks = log_lines(&events)
+            .iter()
+            .filter(|l| l.starts_with("tick "))
+            .count();
+        assert_eq!(ticks, 10);
+        assert_eq!(through.execution(&id).await["status"], "COMPLETED");
+    }
+
     script.stop_with(libc::SIGINT, true);
     script.assert_nothing_left();
+}
+
+/// nginx run with `deploy/nginx/cluster.conf`, its upstream servers and listen address moved
+/// from the compose services to the replicas on this machine.
+struct Proxy {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(replicas: &[u16]) -> Option<Proxy> {
+        if !have(Tool::Nginx) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut conf = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/cluster.conf"),
+        )
+        .unwrap();
+        for (i, replica) in replicas.iter().enumerate() {
+            let service = format!("server agentnexus-{}:3001;", i + 1);
+            assert!(conf.contains(&service), "cluster.conf lacks {service}");
+            conf = conf.replace(&service, &format!("server 127.0.0.1:{replica};"));
+        }
+        assert!(conf.contains("listen 80;"));
+        conf = conf.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("cluster.conf"), conf).unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            format!(
+                "pid {d}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  \
+                 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                 include {d}/cluster.conf;\n}}\n"
+            ),
+        )
+        .unwrap();
+        let program = if on_path("nginx") {
+            "nginx"
+        } else {
+            NGINX_SBIN
+        };
+        let child = Command::new(program)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let mut proxy = Proxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                proxy.child.try_wait().unwrap().is_none(),
+                "nginx refused the config"
+            );
+            assert!(Instant::now() < deadline, "nginx did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(proxy)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
