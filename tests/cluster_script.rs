@@ -268,3 +268,36 @@ fn sigterm_stops_everything_the_script_started() {
     script.stop_with(libc::SIGTERM, false);
     script.assert_nothing_left();
 }
+
+#[test]
+fn a_replica_that_cannot_start_ends_the_script_with_its_error_and_nothing_left() {
+    if !(have(Tool::Postgres) && have(Tool::NatsServer)) {
+        return;
+    }
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let http = ports[..3].iter().map(u16::to_string).collect::<Vec<_>>();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster"))
+        .env("AGENTNEXUS_BIN", env!("CARGO_BIN_EXE_agentnexus"))
+        .env("CLUSTER_CONFIG", "/no/such/agentnexus.toml")
+        .env("CLUSTER_HTTP_PORTS", http.join(" "))
+        .env("CLUSTER_PG_PORT", ports[3].to_string())
+        .env("CLUSTER_NATS_PORT", ports[4].to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("replica-1 did not start")
+            && stderr.contains("/no/such/agentnexus.toml does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cluster: stopped; removed"), "{stderr}");
+    for port in ports {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still listens"
+        );
+    }
+}
