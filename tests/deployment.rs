@@ -1,5 +1,5 @@
 //! The deployment files in `deploy/` checked with the real tools: `docker-compose config`,
-//! `kubernetes-validate`, the shipped runtime configs, and the image's way of starting the runtime
+//! promtool on the PrometheusRule, the shipped runtime configs, and the image's way of starting the runtime
 //! (keys from the environment or a Secret file) and its health check script, run for real.
 
 mod common;
@@ -8,31 +8,195 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::deploy::{compose_mount_source, deploy, read, run, yaml, yaml_docs};
+use common::Client;
+use common::deploy::{
+    compose_mount_source, deploy, kustomize, one, read, run, spawn_like_the_image, status_of,
+    toml_port, yaml, yaml_docs,
+};
 use common::tools::{Tool, have, on_path};
-use common::{Client, ServerProcess};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // docker-compose
 
-#[test]
-fn docker_compose_accepts_the_compose_file() {
-    let (program, prefix): (&str, &[&str]) = if on_path("docker-compose") {
-        ("docker-compose", &[])
+/// `docker-compose`, or `docker compose`, with the arguments that precede its own; `None`
+/// (after `skip`) without either.
+fn compose() -> Option<(&'static str, Vec<&'static str>)> {
+    if on_path("docker-compose") {
+        Some(("docker-compose", vec![]))
     } else if on_path("docker") && run("docker", &["compose", "version"], None).0 {
-        ("docker", &["compose"])
+        Some(("docker", vec!["compose"]))
     } else {
         common::skip(
             "neither docker-compose nor `docker compose` is installed (apt-get install docker-compose; scripts/test installs it)",
         );
+        None
+    }
+}
+
+/// `compose … config` of the compose file with `extra` arguments first: whether it passed, and
+/// its output (the resolved file).
+fn compose_config(extra: &[&str], quiet: bool) -> Option<(bool, String)> {
+    let (program, mut args) = compose()?;
+    args.extend(extra);
+    args.extend(["-f", "docker-compose.yml", "config"]);
+    if quiet {
+        args.push("--quiet");
+    }
+    Some(run(program, &args, Some(&deploy(""))))
+}
+
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    for profile in [&[][..], &["--profile", "cluster"]] {
+        let Some((ok, out)) = compose_config(profile, true) else {
+            return;
+        };
+        assert!(ok, "config {profile:?}: {out}");
+    }
+}
+
+/// The compose file with the cluster profile, as compose resolves it (variables substituted,
+/// `<<` merged), or `None` (after `skip`) without compose or PyYAML.
+fn cluster_compose() -> Option<Value> {
+    if !have(Tool::PyYaml) {
+        return None;
+    }
+    let (program, mut args) = compose()?;
+    args.extend(["--profile", "cluster", "-f", "docker-compose.yml", "config"]);
+    let out = Command::new(program)
+        .args(&args)
+        .current_dir(deploy(""))
+        // The defaults the file gives, not whatever this machine's environment says.
+        .env_remove("POSTGRES_PASSWORD")
+        .env_remove("AGENTNEXUS_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resolved.yml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    Some(yaml_docs(&path).remove(0))
+}
+
+const REPLICAS: [&str; 3] = ["agentnexus-1", "agentnexus-2", "agentnexus-3"];
+
+#[test]
+fn the_cluster_profile_runs_three_replicas_on_one_database_and_nats_behind_the_proxy() {
+    let Some(compose) = cluster_compose() else {
         return;
     };
-    let mut args = prefix.to_vec();
-    args.extend(["-f", "docker-compose.yml", "config", "--quiet"]);
-    let (ok, out) = run(program, &args, Some(&deploy("")));
-    assert!(ok, "{program} config: {out}");
+    let services = compose["services"].as_object().unwrap();
+    // Without the profile, the single runtime on SQLite and its monitoring, as before.
+    let default: BTreeSet<&str> = services
+        .iter()
+        .filter(|(_, s)| s.get("profiles").is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        default,
+        BTreeSet::from(["agentnexus", "prometheus", "alertmanager", "grafana"])
+    );
+    for name in REPLICAS.iter().chain(&["postgres", "nats", "proxy"]) {
+        assert_eq!(services[*name]["profiles"], json!(["cluster"]), "{name}");
+        let image = services[*name]["image"].as_str().unwrap();
+        let (_, tag) = image.rsplit_once(':').expect("a tag");
+        assert!(
+            tag != "latest" && tag.starts_with(|c: char| c.is_ascii_digit()),
+            "{name}: {image} is not pinned"
+        );
+    }
+    // One database URL and one NATS URL for all three, each its own replica id.
+    let env = |name: &str, key: &str| services[name]["environment"][key].clone();
+    let mut ids = BTreeSet::new();
+    for name in REPLICAS {
+        for key in [
+            "AGENTNEXUS_DATABASE_URL",
+            "AGENTNEXUS_NATS_URL",
+            "AGENTNEXUS_API_KEYS",
+        ] {
+            assert_eq!(env(name, key), env(REPLICAS[0], key), "{name}: {key}");
+        }
+        ids.insert(
+            env(name, "AGENTNEXUS_REPLICA_ID")
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        assert_eq!(
+            services[name]["depends_on"]["postgres"]["condition"],
+            "service_healthy"
+        );
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // The URL is the postgres service's database, user and password.
+    let url = env(REPLICAS[0], "AGENTNEXUS_DATABASE_URL");
+    let pg = &services["postgres"]["environment"];
+    let expected = format!(
+        "postgres://{}:{}@postgres:5432/{}?sslmode=disable",
+        pg["POSTGRES_USER"].as_str().unwrap(),
+        pg["POSTGRES_PASSWORD"].as_str().unwrap(),
+        pg["POSTGRES_DB"].as_str().unwrap()
+    );
+    assert_eq!(url, expected);
+    assert_eq!(env(REPLICAS[0], "AGENTNEXUS_NATS_URL"), "nats://nats:4222");
+    assert!(
+        services["nats"]["command"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w[0] == "--port" && w[1] == "4222")
+    );
+
+    // The proxy: published, routing to the three replicas' port, passing WebSocket upgrades.
+    // (Compose v1 writes ports and mounts in the short form, v2 in the long one.)
+    let proxy = &services["proxy"];
+    let published = match &proxy["ports"][0] {
+        Value::String(short) => short.split(':').next().unwrap().to_owned(),
+        long => long["published"].to_string().trim_matches('"').to_owned(),
+    };
+    assert_eq!(published, "8080", "{proxy}");
+    let source = match &proxy["volumes"][0] {
+        Value::String(short) => short.split(':').next().unwrap().to_owned(),
+        long => long["source"].as_str().unwrap().to_owned(),
+    };
+    assert!(source.ends_with("deploy/nginx/cluster.conf"), "{source}");
+    let conf = read("nginx/cluster.conf");
+    let upstream: BTreeSet<&str> = conf
+        .lines()
+        .skip_while(|l| l.trim() != "upstream agentnexus {")
+        .take_while(|l| l.trim() != "}")
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|s| s.trim_end_matches(';'))
+        .collect();
+    let port = toml_port(&read("agentnexus.toml"));
+    let wanted: BTreeSet<String> = REPLICAS.iter().map(|r| format!("{r}:{port}")).collect();
+    assert_eq!(
+        upstream,
+        wanted.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    let directives: BTreeSet<String> = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    for wanted in [
+        "proxy_pass http://agentnexus;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "default upgrade;",
+    ] {
+        assert!(
+            directives.contains(wanted),
+            "nginx/cluster.conf lacks {wanted}"
+        );
+    }
 }
 
 #[test]
@@ -95,87 +259,17 @@ fn compose_pins_images_uses_named_volumes_and_the_spec_ports() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kubernetes manifests, the image's start and health check, against the real runtime
-
-fn k8s_docs() -> Vec<(String, Value)> {
-    let kustomization = yaml("k8s/kustomization.yaml");
-    let mut docs = Vec::new();
-    for file in kustomization["resources"].as_array().unwrap() {
-        let file = file.as_str().unwrap();
-        for doc in yaml_docs(&deploy(&format!("k8s/{file}"))) {
-            docs.push((file.to_owned(), doc));
-        }
-    }
-    docs
-}
-
-fn k8s(kind: &str) -> Value {
-    let found: Vec<Value> = k8s_docs()
-        .into_iter()
-        .filter(|(_, d)| d["kind"] == kind)
-        .map(|(_, d)| d)
-        .collect();
-    assert_eq!(found.len(), 1, "one {kind}");
-    found.into_iter().next().unwrap()
-}
-
-#[test]
-fn kubernetes_manifests_validate_offline() {
-    if !have(Tool::PyYaml) {
-        return;
-    }
-    // Every manifest file is listed in the kustomization.
-    let listed: BTreeSet<String> = k8s_docs().into_iter().map(|(f, _)| f).collect();
-    for entry in std::fs::read_dir(deploy("k8s")).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            assert!(
-                listed.contains(&name),
-                "{name} is not in kustomization.yaml"
-            );
-        }
-    }
-    if !have(Tool::KubernetesValidate) {
-        return;
-    }
-    let files: Vec<String> = listed
-        .iter()
-        .map(|f| deploy(&format!("k8s/{f}")).display().to_string())
-        .collect();
-    let mut args = vec!["--strict", "-k", "1.30.0"];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, out) = run("kubernetes-validate", &args, None);
-    assert!(ok, "kubernetes-validate: {out}");
-    // The built-in kinds were validated, not skipped; only the operator's CRDs lack a schema.
-    for kind in [
-        "configmap",
-        "deployment",
-        "service",
-        "persistentvolumeclaim",
-        "namespace",
-    ] {
-        assert!(
-            out.contains(&format!("passed for resource {kind}/")),
-            "{kind}: {out}"
-        );
-    }
-    for line in out.lines().filter(|l| l.starts_with("WARN")) {
-        assert!(
-            line.contains("monitoring.coreos.com/v1"),
-            "unexpected warning: {line}"
-        );
-    }
-}
+// Kubernetes (the single-node variant; tests/deployment_k8s.rs checks every variant), the image
+// and its config, against the real runtime
 
 #[test]
 fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
     if !(have(Tool::PyYaml) && have(Tool::Promtool)) {
         return;
     }
-    let rule = k8s("PrometheusRule");
+    let rule = one(&kustomize("k8s"), "PrometheusRule");
     let alerts = yaml("prometheus/alerts.yml");
-    let sync =
-        "k8s/prometheusrule.yaml differs from prometheus/alerts.yml: run deploy/k8s/sync-rules.sh";
+    let sync = "k8s/common/prometheusrule.yaml differs from prometheus/alerts.yml: run deploy/k8s/sync-rules.sh";
     let (ours, theirs) = (&rule["spec"]["groups"], &alerts["groups"]);
     let names = |g: &Value| -> Vec<Value> {
         g.as_array()
@@ -222,50 +316,15 @@ fn the_prometheus_rule_carries_the_same_rules_and_promtool_accepts_it() {
     assert!(ok, "{out}");
 }
 
-/// The real binary started as the image starts it — `agentnexus serve`, the config file named
-/// by `AGENTNEXUS_CONFIG` — with a shipped config file and `env` (the API keys).
-fn spawn_like_the_image(config: &Path, data: &Path, env: &[(&str, &str)]) -> ServerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agentnexus"));
-    command
-        .arg("serve")
-        .env("AGENTNEXUS_CONFIG", config)
-        // The shipped file binds 0.0.0.0:3001; the test takes a free loopback port.
-        .env("AGENTNEXUS_BIND", "127.0.0.1:0")
-        .env("AGENTNEXUS_DATA_DIR", data.join("data"))
-        .env_remove("AGENTNEXUS_API_KEYS")
-        .env_remove("AGENTNEXUS_API_KEYS_FILE");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    ServerProcess::spawn_command(command)
-}
-
-fn toml_port(config: &str) -> u16 {
-    let bind = config
-        .lines()
-        .find_map(|l| l.strip_prefix("bind = \""))
-        .expect("a bind line");
-    bind.trim_end_matches('"')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn status_of(url: &str, token: Option<&str>) -> StatusCode {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    request.send().await.unwrap().status()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_probes_ports_and_config_work_against_the_real_runtime() {
     if !have(Tool::PyYaml) {
         return;
     }
+    // The single-node variant, whose runtime needs nothing else (the cluster's pod template
+    // has the same container but for the shared store: the_replicas_share_...).
+    let docs = kustomize("k8s/single-node");
+    let k8s = |kind: &str| one(&docs, kind);
     let deployment = k8s("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let config_map = k8s("ConfigMap");

@@ -30,6 +30,8 @@ pub enum Tool {
     Postgres,
     /// PgBouncer, the transaction-pooling proxy the shared store must work through.
     PgBouncer,
+    /// nginx, the docker-compose cluster profile's proxy, run with its config.
+    Nginx,
 }
 
 impl Tool {
@@ -46,6 +48,7 @@ impl Tool {
             Tool::NatsServer => "nats-server",
             Tool::Postgres => "PostgreSQL (initdb, pg_ctl)",
             Tool::PgBouncer => "pgbouncer",
+            Tool::Nginx => "nginx",
         }
     }
 
@@ -61,6 +64,7 @@ impl Tool {
             Tool::NatsServer => "apt-get install nats-server",
             Tool::Postgres => "apt-get install postgresql",
             Tool::PgBouncer => "apt-get install pgbouncer",
+            Tool::Nginx => "apt-get install nginx-light",
         }
     }
 
@@ -74,6 +78,8 @@ impl Tool {
             Tool::NatsServer => on_path("nats-server") || Path::new(NATS_SERVER_SBIN).exists(),
             Tool::Postgres => super::postgres::bin_dir().is_some(),
             Tool::PgBouncer => super::postgres::pgbouncer().is_some(),
+            // Debian installs it in /usr/sbin, which a user's PATH may lack.
+            Tool::Nginx => on_path("nginx") || Path::new(NGINX_SBIN).exists(),
             other => on_path(other.name()),
         }
     }
@@ -81,6 +87,9 @@ impl Tool {
 
 /// Where Debian's `nats-server` package puts the server.
 pub const NATS_SERVER_SBIN: &str = "/usr/sbin/nats-server";
+
+/// Where Debian's `nginx-light` package puts nginx.
+pub const NGINX_SBIN: &str = "/usr/sbin/nginx";
 
 /// Where Debian's `node-ws` puts the `ws` package (Node's `NODE_PATH` for the tests).
 pub const NODE_PATH: &str = "/usr/share/nodejs";
