@@ -16,6 +16,8 @@ use super::{QueueMode, Runtime};
 use crate::bus::Signal;
 use crate::domain::{ExecutionId, Status};
 
+/// How often a replica looks for expired leases, at most (the lease keeper).
+const TAKEOVER_SCAN: Duration = Duration::from_secs(1);
 /// How often a replica looks for PENDING executions submitted elsewhere, or for a slot freed.
 const CLAIM_POLL: Duration = Duration::from_millis(250);
 
@@ -83,21 +85,28 @@ impl Runtime {
         }
     }
 
-    /// Renews this replica's leases every third of a lease and takes over expired ones.
+    /// Renews this replica's leases every third of a lease, and looks for expired leases to take
+    /// over every `TAKEOVER_SCAN` (or third of a lease, if shorter): a dead owner's executions
+    /// end within that of their expiry, however long the lease.
     pub(super) fn spawn_lease_keeper(self: &Arc<Self>, lease: Duration) {
         let weak = Arc::downgrade(self);
+        let scan = (lease / 3).min(TAKEOVER_SCAN);
+        // Renewal on every `renew_every`-th scan: never later than a third of the lease.
+        let renew_every = ((lease / 3).as_millis() / scan.as_millis().max(1)).max(1);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(lease / 3);
+            let mut tick = tokio::time::interval(scan);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for n in 0u128.. {
                 tick.tick().await;
                 let Some(runtime) = weak.upgrade() else {
                     return;
                 };
                 let replica = runtime.replica_id.as_str();
-                match runtime.store.renew_leases(replica, lease).await {
-                    Ok(cancelled) => runtime.stop_cancelled(&cancelled),
-                    Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
+                if n % renew_every == 0 {
+                    match runtime.store.renew_leases(replica, lease).await {
+                        Ok(cancelled) => runtime.stop_cancelled(&cancelled),
+                        Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
+                    }
                 }
                 match runtime.store.take_over_expired(replica).await {
                     Ok(ended) => runtime.took_over(&ended).await,
