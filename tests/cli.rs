@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::LoggedServer;
 use common::cli::{AGENTS, code, command, expect, finish, json_stdout, start, stderr, stdout};
+use common::{LoggedServer, free_port};
 use serde_json::{Value, json};
 
 #[test]
@@ -446,11 +446,7 @@ fn server_errors_exit_4_with_their_code() {
 #[test]
 fn an_unreachable_server_exits_4() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = finish(command(&url, &["agents", "list"]));
     assert_eq!(code(&out), 4);

@@ -7,10 +7,10 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
 use common::cli::{
     AGENTS, code, collect, command, expect, finish, json_stdout, start, stderr, stdout,
 };
+use common::{ServerProcess, free_port};
 use serde_json::{Value, json};
 
 #[test]
@@ -184,11 +184,7 @@ fn numbered(count: usize) -> String {
 #[test]
 fn follow_survives_a_server_restart_and_prints_every_line_once() {
     // A fixed port, so that the restarted server is where the follower left it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agentnexus.toml");
     std::fs::write(

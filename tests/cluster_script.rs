@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,18 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::tools::{NGINX_SBIN, Tool, have, on_path};
 use common::ws::Ws;
-use common::{Client, assert_gapless, log_lines};
+use common::{Client, assert_gapless, free_port, log_lines};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Script {
     child: Child,
@@ -139,6 +131,19 @@ impl Drop for Script {
     }
 }
 
+/// Follows `id` over WebSocket at `url` from its start to its end: the stream is gapless; how
+/// many `tick` lines it had.
+async fn ticks_followed(url: &str, id: &str) -> usize {
+    let mut ws = Ws::connect_to(url).await;
+    ws.subscribe(id, Some(0)).await;
+    let events = ws.events_until_end(id).await;
+    assert_gapless(&events);
+    log_lines(&events)
+        .iter()
+        .filter(|l| l.starts_with("tick "))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_submitted_to_one_replica_is_followed_on_another_and_ctrl_c_stops_all() {
     let Some(mut script) = start() else { return };
@@ -146,15 +151,8 @@ async fn an_execution_submitted_to_one_replica_is_followed_on_another_and_ctrl_c
         .client(0)
         .submit("counter", json!({"count": 30}))
         .await;
-    let mut ws = Ws::connect_to(&format!("http://127.0.0.1:{}", script.http[1])).await;
-    ws.subscribe(&id, Some(0)).await;
-    let events = ws.events_until_end(&id).await;
-    assert_gapless(&events);
-    let ticks = log_lines(&events)
-        .iter()
-        .filter(|l| l.starts_with("tick "))
-        .count();
-    assert_eq!(ticks, 30);
+    let replica_2 = format!("http://127.0.0.1:{}", script.http[1]);
+    assert_eq!(ticks_followed(&replica_2, &id).await, 30);
     let done = script.client(2).wait_terminal(&id, WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     let owner = done["replicaId"].as_str().unwrap();
@@ -168,15 +166,7 @@ async fn an_execution_submitted_to_one_replica_is_followed_on_another_and_ctrl_c
     if let Some(proxy) = Proxy::start(&script.http) {
         let through = Client::new(&proxy.url);
         let id = through.submit("counter", json!({"count": 10})).await;
-        let mut ws = Ws::connect_to(&proxy.url).await;
-        ws.subscribe(&id, Some(0)).await;
-        let events = ws.events_until_end(&id).await;
-        assert_gapless(&events);
-        let ticks = log_lines(&events)
-            .iter()
-            .filter(|l| l.starts_with("tick "))
-            .count();
-        assert_eq!(ticks, 10);
+        assert_eq!(ticks_followed(&proxy.url, &id).await, 10);
         assert_eq!(through.execution(&id).await["status"], "COMPLETED");
     }
 

@@ -16,7 +16,7 @@ use agentnexus::store::{
     ExecutionFilter, NewEvent, NewExecution, PostgresOptions, PostgresStore, Store, WriteHealth,
 };
 use common::postgres::{Route, database, terminate_connections};
-use common::{Client, LoggedServer, assert_gapless, log_lines, statuses, write_config};
+use common::{Client, LoggedServer, assert_gapless, free_port, log_lines, statuses, write_config};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -138,11 +138,7 @@ async fn a_database_that_cannot_be_reached_is_a_passing_fault_and_a_missing_one_
         PostgresStore::open(&url, options, bus, lost).await
     };
     // Nothing listens on a port just freed: the server is down (or restarting).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let down = open(format!(
         "postgres://postgres@127.0.0.1:{port}/x?sslmode=disable"
     ))

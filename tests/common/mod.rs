@@ -16,7 +16,7 @@ pub mod witness;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +27,15 @@ use agentnexus::server::Server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+/// A loopback port that was free a moment ago (something else may take it before it is bound).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// The one rule for a test whose external tool or privilege is missing (Docker, Prometheus,
 /// root for a mount, ... — see `tools`): with `AGENTNEXUS_REQUIRE_TOOLS` set (`scripts/test` and

@@ -2,13 +2,14 @@
 //! again on the same port mid-test (an outage and the server's return), and is killed when the
 //! test ends.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::free_port;
 use super::tools::{NATS_SERVER_SBIN, Tool, have, on_path};
 
 /// How long a fresh server may take to accept connections.
@@ -32,11 +33,7 @@ impl NatsServer {
         if !have(Tool::NatsServer) {
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("nats.conf");
         std::fs::write(

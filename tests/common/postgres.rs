@@ -13,7 +13,7 @@
 //! exited. A cluster left over by a watchdog that was killed blocks nothing: each run uses a
 //! new directory and a new port.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::free_port;
 use super::tools::{Tool, have};
 
 /// How a test reaches the cluster.
@@ -398,14 +399,6 @@ fn watch_over(bin: &Path, dir: &Path) {
         .expect("the cluster's watchdog starts");
     // It normally outlives this process; should it end first, it is reaped.
     std::thread::spawn(move || watchdog.wait());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether something accepts connections on `port` within a few seconds.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Client, sh_agent};
+use super::{Client, free_port, sh_agent};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -62,11 +62,7 @@ impl Prometheus {
     pub fn start_all(targets: &[&str], rule_files: &[&Path]) -> Prometheus {
         let target = targets.join("', '");
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
