@@ -24,6 +24,7 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         price_wei: Wei(1_000_000_000_000_000),
         timeout_secs: 60,
         input_schema: None,
+        budget: Default::default(),
         runtime: Runtime::Process {
             command: "true".into(),
             args: vec![],

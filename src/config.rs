@@ -13,12 +13,14 @@ use crate::domain::{self, Agent, Runtime, Wei};
 
 mod database;
 mod keys;
+mod otlp;
 mod replica;
 mod report;
 mod retention;
 
 pub use database::{CertificateCheck, DatabaseUrl, client_url};
 pub use keys::{ApiKey, KEYS_ENV, KeyDigest};
+pub use otlp::OtlpConfig;
 use replica::{LEASE_MS_MAX, LEASE_MS_MIN, default_replica_id, validate_replica_id};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,9 @@ pub struct Config {
     pub health: HealthConfig,
     pub docker: DockerConfig,
     pub websocket: WebSocketConfig,
+    pub otlp: OtlpConfig,
+    /// `[[prices]]`: US dollars per million tokens per model, over the default table.
+    pub prices: Vec<crate::telemetry::Price>,
     /// Also serve `/metrics` and `/metrics/json` on this separate address (e.g. kept off the
     /// public port); they stay on the main listener too.
     pub metrics_bind: Option<SocketAddr>,
@@ -127,6 +132,8 @@ impl Default for Config {
             health: HealthConfig::default(),
             docker: DockerConfig::default(),
             websocket: WebSocketConfig::default(),
+            otlp: OtlpConfig::default(),
+            prices: Vec::new(),
             metrics_bind: None,
             allowed_hosts: Vec::new(),
             agents: Vec::new(),
@@ -275,6 +282,9 @@ pub struct ConfigAgent {
     pub timeout_secs: Option<u64>,
     pub input_schema: Option<serde_json::Value>,
     pub runtime: Runtime,
+    /// `budget = { max_tokens = 100000, max_cost_usd = "0.50", … }`; none when absent.
+    #[serde(default, skip_serializing_if = "domain::Budget::is_empty")]
+    pub budget: domain::Budget,
 }
 
 /// Values given on the command line; `None` leaves the lower layers in force.
@@ -431,6 +441,7 @@ impl Config {
             return invalid("store_outage_limit_secs must be at least 1".into());
         }
         retention::validate(self)?;
+        otlp::validate(self)?;
         if self.health.check_timeout_ms == 0
             || self.docker.probe_interval_ms < 100
             || self.docker.sweep_interval_ms < 100
@@ -493,6 +504,7 @@ impl Config {
             timeout_secs: entry.timeout_secs.unwrap_or(self.default_timeout_secs),
             input_schema: entry.input_schema.clone(),
             runtime: entry.runtime.clone(),
+            budget: entry.budget,
         };
         validate_agent(&agent)?;
         Ok(agent)
@@ -508,6 +520,7 @@ pub fn validate_agent(agent: &Agent) -> Result<(), String> {
     if agent.timeout_secs == 0 || agent.timeout_secs > 7 * 24 * 3600 {
         return Err("timeoutSecs must be between 1 and 604800 (one week)".into());
     }
+    agent.budget.validate()?;
     if let Some(schema) = &agent.input_schema {
         jsonschema::validator_for(schema)
             .map_err(|e| format!("inputSchema is not a valid JSON Schema: {e}"))?;

@@ -13,9 +13,13 @@ use utoipa::ToSchema;
 
 mod ids;
 mod schema;
+mod span;
+mod usage;
 pub mod whole;
 
 pub use ids::{ExecutionId, is_valid_execution_id};
+pub use span::{SpanData, SpanKind, SpanStatus, SpanStatusCode};
+pub use usage::{Budget, BudgetLimit, ModelUsage, TokenCounts, Usage, Usd};
 
 pub use schema::{
     AGENT_ID_PATTERN, AgentId, EXECUTION_ID_PATTERN, json_schema_document, positive_decimal_up_to,
@@ -108,6 +112,9 @@ pub struct Agent {
     #[schema(schema_with = json_schema_document)]
     pub input_schema: Option<Value>,
     pub runtime: Runtime,
+    /// Limits on what one execution may use (tokens, cost, calls, wall time); none by default.
+    #[serde(default, skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
 }
 
 /// How an agent is run: a local process, or a hardened Docker container.
@@ -323,10 +330,13 @@ impl FromStr for Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ExecError {
     /// `exit_code`, `signal`, `timeout`, `spawn_failed`, `invalid_output`, `runtime_restarted`,
-    /// `runtime_shutdown`, `cancelled`, and for docker agents `oom_killed`, `image_not_found`,
+    /// `runtime_shutdown`, `cancelled`, `budget_exceeded`, and for docker agents `oom_killed`, `image_not_found`,
     /// `docker_unavailable`.
     pub kind: String,
     pub message: String,
+    /// With `budget_exceeded`: the limit that was exceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetLimit>,
 }
 
 impl ExecError {
@@ -334,6 +344,15 @@ impl ExecError {
         ExecError {
             kind: kind.to_owned(),
             message: message.into(),
+            budget: None,
+        }
+    }
+
+    /// `budget_exceeded`, naming the limit.
+    pub fn budget_exceeded(limit: BudgetLimit, message: impl Into<String>) -> Self {
+        ExecError {
+            budget: Some(limit),
+            ..ExecError::new("budget_exceeded", message)
         }
     }
 }
@@ -372,6 +391,8 @@ pub struct Execution {
     /// The replica that owns (or last owned) the run; null while the execution is PENDING.
     #[schema(value_type = Option<String>)]
     pub replica_id: Option<String>,
+    /// Tokens, calls and cost its telemetry reported (live while it runs on this replica).
+    pub usage: Usage,
     /// The agent as it was when the execution was submitted: what runs is what was asked for.
     #[serde(skip)]
     pub agent: Agent,
@@ -418,6 +439,7 @@ pub enum EventKind {
     Log,
     Status,
     Metrics,
+    Span,
 }
 
 impl EventKind {
@@ -426,6 +448,7 @@ impl EventKind {
             EventKind::Log => "log",
             EventKind::Status => "status",
             EventKind::Metrics => "metrics",
+            EventKind::Span => "span",
         }
     }
 
@@ -434,6 +457,7 @@ impl EventKind {
             "log" => Some(EventKind::Log),
             "status" => Some(EventKind::Status),
             "metrics" => Some(EventKind::Metrics),
+            "span" => Some(EventKind::Span),
             _ => None,
         }
     }
@@ -446,6 +470,7 @@ pub enum EventData {
     Log(LogData),
     Status(StatusData),
     Metrics(MetricsData),
+    Span(SpanData),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -465,6 +490,9 @@ pub struct StatusData {
     pub error: Option<ExecError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// On the final status: the execution's usage totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -484,6 +512,7 @@ impl EventData {
             EventData::Log(_) => EventKind::Log,
             EventData::Status(_) => EventKind::Status,
             EventData::Metrics(_) => EventKind::Metrics,
+            EventData::Span(_) => EventKind::Span,
         }
     }
 }

@@ -12,6 +12,7 @@
 mod agents;
 mod bus;
 mod cluster;
+mod genai;
 mod store;
 
 use std::sync::atomic::AtomicU64;
@@ -61,6 +62,8 @@ pub struct Metrics {
     registry: Registry,
     agents: agents::AgentSeries,
     pub store: StoreSeries,
+    /// What agents' telemetry reported (tokens, cost, calls) and the span intake.
+    pub genai: genai::GenAiSeries,
     /// Present on a replica that shares its database with others (`Metrics::shared`).
     pub cluster: Option<ClusterSeries>,
     pub websocket_connections: Gauge,
@@ -109,6 +112,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let agents = agents::AgentSeries::new(&mut registry, shared.is_none());
         let store = StoreSeries::new(&mut registry);
+        let genai = genai::GenAiSeries::new(&mut registry);
         let websocket_connections = Gauge::default();
         let docker_healthy = Gauge::default();
         let container_memory = Family::default();
@@ -211,6 +215,7 @@ impl Metrics {
             registry,
             agents,
             store,
+            genai,
             cluster,
             websocket_connections,
             docker_healthy,
@@ -280,6 +285,7 @@ impl Metrics {
     /// Removes every series of a deleted agent; later updates about it create none.
     pub fn remove_agent(&self, agent_id: &str) {
         self.agents.undefine(agent_id);
+        self.genai.forget_agent(agent_id);
     }
 
     pub fn resource_sample(&self, execution: &Execution, memory_bytes: u64, cpu_percent: f64) {

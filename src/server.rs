@@ -393,6 +393,7 @@ mod tests {
             timeout_secs: None,
             input_schema: None,
             runtime: AgentRuntime::docker("busybox", &[]),
+            budget: Default::default(),
         };
         Config {
             file: file.map(Into::into),

@@ -229,6 +229,7 @@ async fn docker_agents_get_and_give_numbers_exactly() {
     }
     let echo = r#"input=$(cat); echo "stdin $input"; echo "env $INPUT_DATA"; echo "$input""#;
     let docker = |id: &str, script: &str| ConfigAgent {
+        budget: Default::default(),
         runtime: Runtime::docker(TEST_IMAGE, &["sh", "-c", script]),
         ..sh_agent(id, "1", "")
     };

@@ -169,6 +169,7 @@ async fn writes_go_on_after_the_database_drops_every_connection() {
         price_wei: Wei(1),
         timeout_secs: 60,
         input_schema: None,
+        budget: Default::default(),
         runtime: Runtime::Process {
             command: "true".into(),
             args: vec![],

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use agentnexus::bus::{Bus, Live, LocalBus};
 use agentnexus::domain::{
-    Agent, Event, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Runtime, Status, Wei,
-    now_ms,
+    Agent, BudgetLimit, Event, EventKind, ExecError, Execution, ExecutionId, ModelUsage,
+    ProcessGroup, Runtime, Status, TokenCounts, Usage, Wei, now_ms,
 };
 use agentnexus::store::{
     ExecutionFilter, LostStream, NewEvent, NewExecution, PostgresOptions, PostgresStore, RunStats,
@@ -136,6 +136,7 @@ fn agent(id: &str, price_wei: u128) -> Agent {
         price_wei: Wei(price_wei),
         timeout_secs: 60,
         input_schema: None,
+        budget: Default::default(),
         runtime: Runtime::Process {
             command: "true".into(),
             args: vec![],
@@ -304,6 +305,7 @@ async fn a_change_applies_from_the_expected_status_with_its_event(b: &Backend) {
         peak_cpu_percent: Some(12.5),
         log_lines: 3,
         log_lines_dropped: 1,
+        usage: reported_usage(),
     });
     let outcome = b.store.transition(done).await.unwrap();
     assert_eq!(outcome, TransitionOutcome::Applied);
@@ -320,13 +322,24 @@ async fn a_change_applies_from_the_expected_status_with_its_event(b: &Backend) {
     assert!(ended.finished_at.is_some() && ended.duration_ms.is_some());
     assert_eq!(ended.last_seq, 3);
     assert_eq!(ended.replica_id.as_deref(), Some("replica-a"), "kept");
+    assert_eq!(
+        ended.usage,
+        reported_usage(),
+        "the usage is kept with the end"
+    );
 
     let events = all_events(b, &e).await;
     assert_eq!(seqs(&events), [1, 2, 3]);
     assert_eq!(data(&events[1]), json!({"status": "RUNNING"}));
     assert_eq!(
         data(&events[2]),
-        json!({"status": "COMPLETED", "output": {"answer": 42}, "exitCode": 0})
+        json!({"status": "COMPLETED", "output": {"answer": 42}, "exitCode": 0,
+               "usage": serde_json::to_value(reported_usage()).unwrap()})
+    );
+    assert_eq!(
+        data(&events[2])["usage"]["costUsd"],
+        json!("0.000123456789012345678"),
+        "the cost's every digit"
     );
 
     let f = submit(b, &agent("echo", 0), "alice").await;
@@ -339,6 +352,43 @@ async fn a_change_applies_from_the_expected_status_with_its_event(b: &Backend) {
     let f = get(b, &f).await;
     assert_eq!(f.error, Some(ExecError::new("exit_code", "code 3")));
     assert_eq!(f.started_at, None, "never ran");
+    assert!(
+        !f.usage.reported && f.usage.cost_usd.is_none(),
+        "no usage is not a zero cost"
+    );
+
+    let g = submit(b, &agent("echo", 0), "alice").await;
+    let mut over = change(&g, Status::Pending, Status::Failed);
+    let breach = ExecError::budget_exceeded(BudgetLimit::MaxTokens, "12 tokens over 10");
+    over.error = Some(breach.clone());
+    b.store.transition(over).await.unwrap();
+    assert_eq!(get(b, &g).await.error, Some(breach), "error.budget is kept");
+}
+
+fn reported_usage() -> Usage {
+    let tokens = TokenCounts {
+        input_tokens: 10,
+        output_tokens: 5,
+        cache_read_tokens: 4,
+        cache_creation_tokens: 0,
+        reasoning_tokens: 2,
+    };
+    Usage {
+        tokens,
+        llm_calls: 1,
+        tool_calls: 2,
+        cost_usd: Some("0.000123456789012345678".parse().unwrap()),
+        reported: true,
+        by_model: [(
+            "gpt-4o".to_owned(),
+            ModelUsage {
+                tokens,
+                llm_calls: 1,
+                cost_usd: Some("0.000123456789012345678".parse().unwrap()),
+            },
+        )]
+        .into(),
+    }
 }
 
 async fn a_change_the_status_machine_forbids_is_refused(b: &Backend) {

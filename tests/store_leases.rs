@@ -57,6 +57,7 @@ fn agent() -> Agent {
         price_wei: Wei(0),
         timeout_secs: 60,
         input_schema: None,
+        budget: Default::default(),
         runtime: Runtime::Process {
             command: "true".into(),
             args: vec![],

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, Json, Path};
-use crate::domain::{Agent, AgentId, Runtime, Wei, json_schema_document};
+use crate::domain::{Agent, AgentId, Budget, Runtime, Wei, json_schema_document};
 use crate::runtime::Caller;
 
 /// The body of `POST /api/agents`.
@@ -28,6 +28,9 @@ pub struct AgentSpec {
     #[schema(schema_with = json_schema_document, nullable)]
     input_schema: Option<Value>,
     runtime: Runtime,
+    /// Limits on what one execution may use; none when absent.
+    #[serde(default)]
+    budget: Budget,
 }
 
 impl AgentSpec {
@@ -43,6 +46,7 @@ impl AgentSpec {
             timeout_secs: self.timeout_secs.unwrap_or(default_timeout_secs),
             input_schema: self.input_schema,
             runtime: self.runtime,
+            budget: self.budget,
         }
     }
 }

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
-use crate::domain::{AgentId, EXECUTION_ID_PATTERN, Event, Execution, ExecutionId, Status};
+use crate::domain::{AgentId, Budget, EXECUTION_ID_PATTERN, Event, Execution, ExecutionId, Status};
 use crate::runtime::Caller;
 use crate::store::ExecutionFilter;
 
@@ -20,6 +20,8 @@ pub struct Submit {
     agent_id: String,
     input: Option<Value>,
     input_data: Option<Value>,
+    #[serde(default)]
+    budget: Option<Budget>,
 }
 
 /// `Submit` as documented: the input under one of its two names, or none (`{}`).
@@ -40,6 +42,8 @@ struct SubmitInput {
     agent_id: String,
     /// The agent's input (`{}` when absent); checked against the agent's `inputSchema`.
     input: Option<Value>,
+    /// Tightens the agent's budget for this execution (a looser limit is refused).
+    budget: Option<Budget>,
 }
 
 #[derive(ToSchema)]
@@ -50,6 +54,8 @@ struct SubmitInputData {
     agent_id: String,
     /// `input` under the spec system's name.
     input_data: Value,
+    /// Tightens the agent's budget for this execution (a looser limit is refused).
+    budget: Option<Budget>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -89,7 +95,10 @@ pub async fn submit(
         (Some(input), None) | (None, Some(input)) => input,
         (None, None) => Value::Object(Default::default()),
     };
-    let execution = state.runtime.submit(&caller, &body.agent_id, input).await?;
+    let execution = state
+        .runtime
+        .submit(&caller, &body.agent_id, input, body.budget.as_ref())
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Submitted {

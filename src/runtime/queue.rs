@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Signal;
-use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
+use crate::domain::{Budget, ExecError, Execution, ExecutionId, Status, now_ms};
 use crate::store::NewExecution;
 
 use super::supervise::{Handle, StopReason};
@@ -27,11 +27,17 @@ impl Runtime {
         caller: &Caller,
         agent_id: &str,
         input: Value,
+        budget: Option<&Budget>,
     ) -> Result<Execution> {
         if self.permits.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        let agent = self.agent(agent_id).await?;
+        let mut agent = self.agent(agent_id).await?;
+        if let Some(asked) = budget {
+            asked.validate().map_err(Error::Invalid)?;
+            // What runs is what was asked for: the execution keeps its own budget.
+            agent.budget = agent.budget.tightened_by(asked).map_err(Error::Invalid)?;
+        }
         if let Some(schema) = &agent.input_schema {
             let validator = jsonschema::validator_for(schema)
                 .map_err(|e| Error::Invalid(format!("the agent's input schema is invalid: {e}")))?;

@@ -22,7 +22,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::domain::{
-    Agent, EpochMs, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, Wei,
+    Agent, EpochMs, EventKind, ExecError, Execution, ExecutionId, ProcessGroup, Status, Usage, Wei,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +105,14 @@ pub struct NewExecution {
 }
 
 /// Figures an executor gathered over a run, recorded with the final status.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunStats {
     pub peak_memory_bytes: Option<u64>,
     pub peak_cpu_percent: Option<f64>,
     pub log_lines: u64,
     pub log_lines_dropped: u64,
+    /// What the run's telemetry reported (`reported: false` when nothing was).
+    pub usage: Usage,
 }
 
 /// A requested status change. The store applies it only if the execution is in status `from`

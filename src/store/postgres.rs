@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0004_leases.sql"),
     include_str!("migrations/postgres/0005_cancel_requests.sql"),
     include_str!("migrations/postgres/0006_cluster.sql"),
+    include_str!("migrations/postgres/0007_usage.sql"),
 ];
 /// The advisory lock key the migrations run under (any constant; "agentnexus" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6167_656e_746e_6578;

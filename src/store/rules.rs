@@ -11,28 +11,60 @@ use serde_json::value::RawValue;
 use super::{NewEvent, NewExecution, Result, StoreError, Transition, TransitionOutcome};
 use crate::domain::{
     Agent, EpochMs, Event, EventData, EventKind, ExecError, Execution, ExecutionId, ProcessGroup,
-    Status, StatusData,
+    Status, StatusData, Usage,
 };
 
-/// The status event that records a change to `status`.
+/// The status event that records a change to `status`; `with_usage` adds the totals.
 pub fn status_event(
     status: Status,
     output: Option<Value>,
     error: Option<ExecError>,
     exit_code: Option<i32>,
     at: EpochMs,
-) -> NewEvent {
-    let data = EventData::Status(StatusData {
-        status,
-        output,
-        error,
-        exit_code,
-    });
-    NewEvent {
-        kind: EventKind::Status,
-        data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
-        timestamp: at,
+) -> StatusEvent {
+    StatusEvent {
+        data: StatusData {
+            status,
+            output,
+            error,
+            exit_code,
+            usage: None,
+        },
+        at,
     }
+}
+
+/// A status event before it is encoded.
+pub struct StatusEvent {
+    data: StatusData,
+    at: EpochMs,
+}
+
+impl StatusEvent {
+    /// Adds the usage totals (as JSON text, see `final_usage`).
+    pub fn with_usage(mut self, usage: Option<String>) -> NewEvent {
+        self.data.usage = usage.and_then(|u| serde_json::from_str::<Usage>(&u).ok());
+        self.into()
+    }
+}
+
+impl From<StatusEvent> for NewEvent {
+    fn from(event: StatusEvent) -> NewEvent {
+        let data = EventData::Status(event.data);
+        NewEvent {
+            kind: EventKind::Status,
+            data: serde_json::value::to_raw_value(&data).expect("status data serializes"),
+            timestamp: event.at,
+        }
+    }
+}
+
+/// The usage a change to `to` records, as JSON text: a run's totals, with its end only, when
+/// its telemetry reported any (the final status event carries them, and the execution's record
+/// keeps them; without, the execution shows `reported: false`).
+pub fn final_usage(to: Status, stats: &super::RunStats) -> Option<String> {
+    (to.is_terminal() && stats.usage.reported)
+        .then(|| serde_json::to_string(&stats.usage).expect("usage serializes"))
 }
 
 /// Whether an execution in `status` takes more events: the final status event is the last one,
@@ -109,6 +141,7 @@ pub fn new_execution(new: &NewExecution) -> Execution {
         log_lines_dropped: 0,
         last_seq: 1,
         replica_id: None,
+        usage: Usage::default(),
         agent: new.agent.clone(),
         process: None,
     }
@@ -142,6 +175,9 @@ pub struct StoredExecution {
     pub process_started: Option<i64>,
     pub process_cgroup: Option<String>,
     pub replica_id: Option<String>,
+    /// The `Usage` recorded with its end, as JSON.
+    pub usage: Option<String>,
+    pub error_budget: Option<String>,
 }
 
 impl StoredExecution {
@@ -167,6 +203,9 @@ impl StoredExecution {
             error: self.error_kind.map(|kind| ExecError {
                 kind,
                 message: self.error_message.unwrap_or_default(),
+                budget: self.error_budget.as_deref().and_then(|b| {
+                    serde_json::from_value(serde_json::Value::String(b.to_owned())).ok()
+                }),
             }),
             exit_code: self.exit_code,
             created_at: self.created_at,
@@ -180,6 +219,12 @@ impl StoredExecution {
             log_lines_dropped: self.log_lines_dropped as u64,
             last_seq: self.last_seq as u64,
             replica_id: self.replica_id,
+            usage: self
+                .usage
+                .as_deref()
+                .map(parse_json)
+                .transpose()?
+                .unwrap_or_default(),
             agent,
             process,
         })

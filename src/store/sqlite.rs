@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_list_by_id.sql"),
     include_str!("migrations/0005_retention.sql"),
     include_str!("migrations/0006_owner.sql"),
+    include_str!("migrations/0007_usage.sql"),
 ];
 
 /// Commands queued for the writer beyond this make producers wait: the backpressure that keeps
@@ -391,7 +392,7 @@ impl Store for SqliteStore {
 const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
-    process_group, process_started, process_cgroup, replica_id";
+    process_group, process_started, process_cgroup, replica_id, usage, error_budget";
 
 /// Reads a row of `EXECUTION_COLUMNS`; the outer result is SQLite's, the inner one ours.
 fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
@@ -419,6 +420,8 @@ fn read_execution(row: &Row) -> rusqlite::Result<Result<Execution>> {
         process_started: row.get(20)?,
         process_cgroup: row.get(21)?,
         replica_id: row.get(22)?,
+        usage: row.get(23)?,
+        error_budget: row.get(24)?,
     };
     Ok(stored.into_execution())
 }

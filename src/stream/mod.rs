@@ -7,4 +7,4 @@ mod follow;
 mod recorder;
 
 pub use follow::{Follow, Followed};
-pub use recorder::Recorder;
+pub use recorder::{DEFAULT_MAX_SPANS, Recorder};

@@ -1,15 +1,21 @@
 //! The write end of an execution's stream: `Recorder` is what an executor writes through (log
-//! lines, resource samples), with the execution's log budget applied, on their way to the store.
+//! lines, resource samples) and what the agent's telemetry arrives through (spans, counted in
+//! its ledger against its budget), with the execution's log and span budgets applied, on their
+//! way to the store.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::LogLimits;
 use crate::domain::{
-    EventData, EventKind, Execution, LogData, LogStream, MetricsData, ProcessGroup, now_ms,
+    EventData, EventKind, ExecError, Execution, LogData, LogStream, MetricsData, ProcessGroup,
+    SpanData, Usage, now_ms,
 };
 use crate::metrics::Metrics;
 use crate::store::{self, NewEvent, RunStats, Store};
+use crate::telemetry::{Ledger, PriceTable};
 
 /// Writes one running execution's events. Shared by the tasks that read the agent's streams.
 pub struct Recorder {
@@ -19,7 +25,22 @@ pub struct Recorder {
     limits: LogLimits,
     started: Instant,
     tally: Mutex<Tally>,
+    telemetry: Mutex<Telemetry>,
+    /// The budget limit exceeded, once one is; `budget_tripped` is cancelled then.
+    breach: OnceLock<ExecError>,
+    budget_tripped: CancellationToken,
 }
+
+/// The spans of an execution so far, and its ledger.
+struct Telemetry {
+    max_spans: u64,
+    spans: u64,
+    dropped: u64,
+    ledger: Ledger,
+}
+
+/// The default span budget of an execution (see `config::OtlpConfig::max_spans`).
+pub const DEFAULT_MAX_SPANS: u64 = 100_000;
 
 #[derive(Default)]
 struct Tally {
@@ -44,7 +65,118 @@ impl Recorder {
             limits,
             started: Instant::now(),
             tally: Mutex::new(Tally::default()),
+            telemetry: Mutex::new(Telemetry {
+                max_spans: DEFAULT_MAX_SPANS,
+                spans: 0,
+                dropped: 0,
+                ledger: Ledger::new(Arc::new(PriceTable::default()), execution.agent.budget),
+            }),
+            breach: OnceLock::new(),
+            budget_tripped: CancellationToken::new(),
         }
+    }
+
+    /// Prices the agent's reported usage with `prices` and stores at most `max_spans` spans.
+    pub fn with_telemetry(self, prices: Arc<PriceTable>, max_spans: u64) -> Recorder {
+        {
+            let mut telemetry = self.telemetry.lock().unwrap();
+            telemetry.max_spans = max_spans;
+            telemetry.ledger = Ledger::new(prices, self.execution.agent.budget);
+        }
+        self
+    }
+
+    pub fn execution(&self) -> &Execution {
+        &self.execution
+    }
+
+    /// Appends spans the agent exported, within the execution's span budget (past it, one
+    /// marker line, then spans are only counted), and counts each in the ledger, stored or not:
+    /// a span budget does not hide usage from the execution's budget. The first limit exceeded
+    /// trips `budget_exceeded`; each limit at 80 % is said once in a `system` line.
+    pub async fn spans(&self, spans: Vec<SpanData>) -> store::Result<()> {
+        let timestamp = now_ms();
+        let agent_id = &self.execution.agent_id;
+        let mut events = Vec::with_capacity(spans.len());
+        let (stored, dropped, exceeded) = {
+            let mut t = self.telemetry.lock().unwrap();
+            let (spans_before, dropped_before) = (t.spans, t.dropped);
+            for span in spans {
+                if let Some(counted) = t.ledger.record(&span) {
+                    self.metrics.genai.counted(agent_id, &counted);
+                }
+                if t.spans >= t.max_spans {
+                    if t.dropped == 0 {
+                        let marker = format!(
+                            "[agentnexus] span budget of this execution exhausted ({} spans); further spans are counted, not stored",
+                            t.max_spans
+                        );
+                        events.push(log_event(LogStream::System, marker, timestamp));
+                    }
+                    t.dropped += 1;
+                    continue;
+                }
+                t.spans += 1;
+                events.push(new_event(
+                    EventKind::Span,
+                    &EventData::Span(span),
+                    timestamp,
+                ));
+            }
+            let check = t.ledger.check();
+            for nearing in check.nearing {
+                let line = format!(
+                    "[agentnexus] budget {} at 80 %: {} used of {}",
+                    nearing.limit, nearing.used, nearing.max
+                );
+                events.push(log_event(LogStream::System, line, timestamp));
+            }
+            (
+                t.spans - spans_before,
+                t.dropped - dropped_before,
+                check.exceeded,
+            )
+        };
+        self.metrics.genai.spans(stored, dropped);
+        if !events.is_empty() {
+            self.store
+                .append(&self.execution.execution_id, events)
+                .await?;
+        }
+        if let Some((limit, message)) = exceeded {
+            self.trip_budget(ExecError::budget_exceeded(limit, message));
+        }
+        Ok(())
+    }
+
+    /// Records that a budget limit was exceeded (the first one wins) and wakes whoever waits on
+    /// `budget_exceeded`.
+    pub fn trip_budget(&self, error: ExecError) {
+        if self.breach.set(error).is_ok() {
+            self.budget_tripped.cancel();
+        }
+    }
+
+    /// Completes once a budget limit was exceeded; `breach` says which.
+    pub async fn budget_exceeded(&self) {
+        self.budget_tripped.cancelled().await
+    }
+
+    pub fn breach(&self) -> Option<&ExecError> {
+        self.breach.get()
+    }
+
+    /// The usage its telemetry reported so far.
+    pub fn usage(&self) -> Usage {
+        self.telemetry.lock().unwrap().ledger.usage().clone()
+    }
+
+    /// Appends a remark of the runtime's own (a `system` line).
+    pub async fn system_line(&self, line: String) -> store::Result<()> {
+        let event = log_event(LogStream::System, line, now_ms());
+        self.store
+            .append(&self.execution.execution_id, vec![event])
+            .await
     }
 
     /// Continues the record of an execution that a previous run of the runtime started: the
@@ -135,6 +267,7 @@ impl Recorder {
             peak_cpu_percent: tally.peak_cpu,
             log_lines: tally.lines,
             log_lines_dropped: tally.dropped,
+            usage: self.usage(),
         }
     }
 }

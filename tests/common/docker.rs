@@ -63,6 +63,7 @@ pub fn ready() -> bool {
 
 pub fn docker_agent(id: &str, script: &str) -> ConfigAgent {
     ConfigAgent {
+        budget: Default::default(),
         runtime: Runtime::docker(IMAGE, &["sh", "-c", script]),
         ..super::sh_agent(id, "1", "")
     }

@@ -98,6 +98,7 @@ pub fn sh_agent(id: &str, price_wei: &str, script: &str) -> ConfigAgent {
         price_wei: price_wei.parse().unwrap(),
         timeout_secs: None,
         input_schema: None,
+        budget: Default::default(),
         runtime: Runtime::Process {
             command: "sh".into(),
             args: vec!["-c".into(), script.into()],

@@ -106,7 +106,7 @@ async fn try_claim(
     let key: i64 = row.get(23);
     let epoch: i64 = row.get(24);
     let seq = execution.last_seq as i64;
-    let event = rules::status_event(Status::Running, None, None, None, now);
+    let event = rules::status_event(Status::Running, None, None, None, now).into();
     insert_events(&tx, key, seq, std::slice::from_ref(&event)).await?;
     tx.commit().await?;
     Ok(Some((execution, epoch, numbered(event, seq as u64))))
@@ -269,7 +269,7 @@ pub(super) async fn take_over_expired(
             )
             .await?
             .get(0);
-        let event = rules::status_event(Status::Failed, None, Some(error), None, now);
+        let event = rules::status_event(Status::Failed, None, Some(error), None, now).into();
         insert_events(&tx, key, seq, std::slice::from_ref(&event)).await?;
         ended.push((id, numbered(event, seq as u64)));
     }

@@ -11,7 +11,7 @@ use crate::domain::{Agent, Event, Execution, ExecutionId, Status, Wei};
 pub(super) const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent, price_wei, input, \
     output, error_kind, error_message, exit_code, created_at, started_at, finished_at, \
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
-    process_group, process_started, process_cgroup, replica_id";
+    process_group, process_started, process_cgroup, replica_id, usage, error_budget";
 
 pub(super) async fn get_agent(store: &PostgresStore, id: &str) -> Result<Option<(Agent, bool)>> {
     let client = store.client().await?;
@@ -173,6 +173,8 @@ pub(super) fn read_execution(row: &Row) -> Result<Execution> {
         process_started: row.get(20),
         process_cgroup: row.get(21),
         replica_id: row.get(22),
+        usage: row.get(23),
+        error_budget: row.get(24),
     };
     stored.into_execution()
 }

@@ -79,7 +79,7 @@ pub(super) async fn create(store: &PostgresStore, new: &NewExecution) -> Result<
             ],
         )
         .await?;
-    let event = rules::status_event(Status::Pending, None, None, None, new.created_at);
+    let event = rules::status_event(Status::Pending, None, None, None, new.created_at).into();
     insert_events(&tx, row.get(0), 1, std::slice::from_ref(&event)).await?;
     tx.commit().await?;
     Ok(numbered(event, 1))
@@ -366,8 +366,9 @@ async fn try_transition(
         }
     };
     let with_event = !matches!(record, Record::RowOnly(_));
-    let stats = t.stats.unwrap_or_default();
+    let stats = t.stats.clone().unwrap_or_default();
     let ended = to.is_terminal();
+    let usage = rules::final_usage(to, &stats);
     let row = tx
         .query_typed_one(
             "UPDATE executions SET status = $2,
@@ -377,7 +378,8 @@ async fn try_transition(
                  peak_memory_bytes = coalesce($9, peak_memory_bytes),
                  peak_cpu_percent = coalesce($10, peak_cpu_percent),
                  log_lines = log_lines + $11, log_lines_dropped = log_lines_dropped + $12,
-                 last_seq = last_seq + $13, replica_id = coalesce($14, replica_id)
+                 last_seq = last_seq + $13, replica_id = coalesce($14, replica_id),
+                 usage = coalesce($15, usage), error_budget = $16
              WHERE key = $1 RETURNING last_seq",
             &[
                 (&key, Type::INT8),
@@ -394,12 +396,17 @@ async fn try_transition(
                 (&(stats.log_lines_dropped as i64), Type::INT8),
                 (&i64::from(with_event), Type::INT8),
                 (&t.owner.as_deref(), Type::TEXT),
+                (&usage.as_ref().map(|u| u.to_string()), Type::TEXT),
+                (
+                    &error.as_ref().and_then(|e| e.budget).map(|b| b.as_str()),
+                    Type::TEXT,
+                ),
             ],
         )
         .await?;
     let event = if with_event {
         let seq: i64 = row.get(0);
-        let event = rules::status_event(to, output, error, t.exit_code, t.at);
+        let event = rules::status_event(to, output, error, t.exit_code, t.at).with_usage(usage);
         insert_events(&tx, key, seq, std::slice::from_ref(&event)).await?;
         Some(numbered(event, seq as u64))
     } else {

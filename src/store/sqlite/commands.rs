@@ -361,7 +361,7 @@ fn create(
             dirty: false,
         },
     );
-    let event = rules::status_event(Status::Pending, None, None, None, new.created_at);
+    let event = rules::status_event(Status::Pending, None, None, None, new.created_at).into();
     let event = append_one(conn, ledger, &new.id, event)?.expect("a new execution takes events");
     let execution = rules::new_execution(new);
     Ok((execution, event))
@@ -454,8 +454,9 @@ fn transition_to(
             ));
         }
     };
-    let stats = t.stats.unwrap_or_default();
+    let stats = t.stats.clone().unwrap_or_default();
     let terminal = to.is_terminal();
+    let usage = rules::final_usage(to, &stats);
     conn.prepare_cached(
         "UPDATE executions SET status = ?2,
              started_at = CASE WHEN ?2 = 'RUNNING' THEN ?3 ELSE started_at END,
@@ -464,7 +465,8 @@ fn transition_to(
              peak_memory_bytes = coalesce(?9, peak_memory_bytes),
              peak_cpu_percent = coalesce(?10, peak_cpu_percent),
              log_lines = log_lines + ?11, log_lines_dropped = log_lines_dropped + ?12,
-             replica_id = coalesce(?13, replica_id)
+             replica_id = coalesce(?13, replica_id),
+             usage = coalesce(?14, usage), error_budget = ?15
          WHERE key = ?1",
     )?
     .execute(params![
@@ -481,11 +483,13 @@ fn transition_to(
         stats.log_lines as i64,
         stats.log_lines_dropped as i64,
         t.owner.as_deref(),
+        usage.as_ref().map(|u| u.to_string()),
+        error.as_ref().and_then(|e| e.budget).map(|b| b.as_str()),
     ])?;
     let event = match record {
         Record::RowOnly(_) => None,
         _ => {
-            let event = rules::status_event(to, output, error, t.exit_code, t.at);
+            let event = rules::status_event(to, output, error, t.exit_code, t.at).with_usage(usage);
             append_one(conn, ledger, &t.id, event)?
         }
     };
