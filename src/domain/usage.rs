@@ -135,7 +135,7 @@ pub struct ModelUsage {
 /// final `status` event). With nothing reported, `reported` is false and `costUsd` null: "not
 /// reported" is never shown as a zero cost. `costUsd` is also null when any model used is
 /// missing from the price table, since the total is then not known.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     #[serde(flatten)]
@@ -147,19 +147,6 @@ pub struct Usage {
     pub reported: bool,
     /// Per model (the response model, else the request model), keyed by its name.
     pub by_model: BTreeMap<String, ModelUsage>,
-}
-
-impl Default for Usage {
-    fn default() -> Self {
-        Usage {
-            tokens: TokenCounts::default(),
-            llm_calls: 0,
-            tool_calls: 0,
-            cost_usd: None,
-            reported: false,
-            by_model: BTreeMap::new(),
-        }
-    }
 }
 
 /// Limits on what one execution may use; each is optional. Exceeding one stops the run as a

@@ -30,7 +30,15 @@ pub struct Price {
 pub const DEFAULT_PRICES_AS_OF: &str = "2025-08-15";
 
 /// `(model, input, output, cache read, cache creation)`, US dollars per million tokens.
-const DEFAULT_PRICES: &[(&str, &str, &str, Option<&str>, Option<&str>)] = &[
+type PriceRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const DEFAULT_PRICES: &[PriceRow] = &[
     ("gpt-5", "1.25", "10.00", Some("0.125"), None),
     ("gpt-5-mini", "0.25", "2.00", Some("0.025"), None),
     ("gpt-5-nano", "0.05", "0.40", Some("0.005"), None),
