@@ -53,6 +53,7 @@ fn execution(agent: usize, user: usize, n: usize) -> Execution {
         log_lines_dropped: 0,
         last_seq: 0,
         replica_id: None,
+        usage: Default::default(),
         agent,
         process: None,
     }
