@@ -58,7 +58,7 @@ async fn main() {
         // Ours: submission → final status committed, read through a follower.
         let start = Instant::now();
         let execution = runtime
-            .submit(&caller, "trivial", json!({"i": i}))
+            .submit(&caller, "trivial", json!({"i": i}), None)
             .await
             .unwrap();
         let mut follow = runtime
