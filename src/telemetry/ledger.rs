@@ -29,44 +29,15 @@
 //! first reaches 80 % of it without passing it; the first limit passed (`used > max`, in that
 //! order) is reported exceeded at each check from then on.
 
+mod attributes;
+
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde_json::{Map, Value};
 
+use self::attributes::{Call, call_of, model_of, operation_of, tokens_of};
 use super::prices::PriceTable;
 use crate::domain::{Budget, BudgetLimit, ModelUsage, SpanData, TokenCounts, Usage, Usd};
-
-const OPERATION: &str = "gen_ai.operation.name";
-const TOOL_OPERATION: &str = "execute_tool";
-const INFERENCE_OPERATIONS: [&str; 4] =
-    ["chat", "text_completion", "generate_content", "embeddings"];
-/// A provider's attribute, old and current name: what makes a span without an operation name
-/// an inference span, together with token counts.
-const PROVIDER: [&str; 2] = ["gen_ai.system", "gen_ai.provider.name"];
-const MODEL: [&str; 2] = ["gen_ai.response.model", "gen_ai.request.model"];
-const UNKNOWN_MODEL: &str = "unknown";
-/// The operation of a counted span without an operation name.
-const OTHER_OPERATION: &str = "other";
-
-// Each count under its current name first, then its older ones.
-const INPUT: [&str; 2] = ["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"];
-const OUTPUT: [&str; 2] = [
-    "gen_ai.usage.output_tokens",
-    "gen_ai.usage.completion_tokens",
-];
-const CACHE_READ: [&str; 2] = [
-    "gen_ai.usage.cache_read.input_tokens",
-    "gen_ai.usage.cache_read_input_tokens",
-];
-const CACHE_CREATION: [&str; 2] = [
-    "gen_ai.usage.cache_creation.input_tokens",
-    "gen_ai.usage.cache_creation_input_tokens",
-];
-const REASONING: [&str; 2] = [
-    "gen_ai.usage.reasoning.output_tokens",
-    "gen_ai.usage.reasoning_tokens",
-];
 
 /// Counts one execution's usage. Not shared: its `Recorder` holds it under a lock.
 #[derive(Debug)]
@@ -112,20 +83,11 @@ pub struct BudgetCheck {
     pub exceeded: Option<(BudgetLimit, String)>,
 }
 
-/// What a counted span is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Llm,
-    Tool,
-}
-
 /// One limit of the budget against what was used of it.
 struct Level {
     limit: BudgetLimit,
     used: Decimal,
     max: Decimal,
-    /// What is counted, plural (`tokens`).
-    unit: &'static str,
     /// Set when `used` is only a lower bound (some models are not priced).
     at_least: bool,
 }
@@ -146,11 +108,7 @@ impl Ledger {
         let attributes = &span.attributes;
         let call = call_of(attributes)?;
         let model = model_of(attributes);
-        let operation = attributes
-            .get(OPERATION)
-            .and_then(Value::as_str)
-            .unwrap_or(OTHER_OPERATION)
-            .to_owned();
+        let operation = operation_of(attributes);
         // Clocks of another host may put the end before the start: that is no time at all.
         let millis = span.end_time_ms.saturating_sub(span.start_time_ms).max(0);
         let duration_secs = millis as f64 / 1000.0;
@@ -251,46 +209,43 @@ impl Ledger {
 
     /// The limits set, in the order they are checked, with what was used of each.
     fn levels(&self) -> Vec<Level> {
-        let count = |limit, used: u64, max: Option<u64>, unit| {
-            max.map(|max| Level {
-                limit,
-                used: Decimal::from(used),
-                max: Decimal::from(max),
-                unit,
-                at_least: false,
-            })
-        };
-        let usage = &self.usage;
-        let cost = self.budget.max_cost_usd.map(|max| Level {
-            limit: BudgetLimit::MaxCostUsd,
-            used: self.priced_cost().decimal(),
-            max: max.decimal(),
-            unit: "US dollars",
-            at_least: usage.cost_usd.is_none() && usage.llm_calls > 0,
-        });
+        let (usage, budget) = (&self.usage, &self.budget);
+        // Some models unpriced: what the priced ones cost is the least the execution cost.
+        let partial = usage.cost_usd.is_none() && usage.llm_calls > 0;
+        let cost = self.priced_cost().decimal();
+        let whole = Decimal::from;
         [
-            count(
+            (
                 BudgetLimit::MaxTokens,
-                usage.tokens.total(),
-                self.budget.max_tokens,
-                "tokens",
+                whole(usage.tokens.total()),
+                budget.max_tokens.map(whole),
             ),
-            cost,
-            count(
+            (
+                BudgetLimit::MaxCostUsd,
+                cost,
+                budget.max_cost_usd.map(Usd::decimal),
+            ),
+            (
                 BudgetLimit::MaxLlmCalls,
-                usage.llm_calls,
-                self.budget.max_llm_calls,
-                "LLM calls",
+                whole(usage.llm_calls),
+                budget.max_llm_calls.map(whole),
             ),
-            count(
+            (
                 BudgetLimit::MaxToolCalls,
-                usage.tool_calls,
-                self.budget.max_tool_calls,
-                "tool calls",
+                whole(usage.tool_calls),
+                budget.max_tool_calls.map(whole),
             ),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(limit, used, max)| {
+            let at_least = partial && limit == BudgetLimit::MaxCostUsd;
+            Some(Level {
+                limit,
+                used,
+                max: max?,
+                at_least,
+            })
+        })
         .collect()
     }
 }
@@ -305,104 +260,38 @@ impl Level {
     }
 
     fn exceeded_message(&self) -> String {
-        let (at_least, note) = if self.at_least {
-            ("at least ", " (some of its models are not priced)")
-        } else {
-            ("", "")
+        let unit = match self.limit {
+            BudgetLimit::MaxTokens => "tokens",
+            BudgetLimit::MaxCostUsd => "US dollars",
+            BudgetLimit::MaxLlmCalls => "LLM calls",
+            BudgetLimit::MaxToolCalls => "tool calls",
+            BudgetLimit::MaxWallSecs => "seconds",
+        };
+        let (at_least, note) = match self.at_least {
+            true => ("at least ", " (some of its models are not priced)"),
+            false => ("", ""),
         };
         format!(
-            "the execution used {at_least}{} {}{note}, over its budget of {} ({})",
-            self.used, self.unit, self.max, self.limit
+            "the execution used {at_least}{} {unit}{note}, over its budget of {} ({})",
+            self.used, self.max, self.limit
         )
-    }
-}
-
-/// Whether `attributes` are those of an LLM call, a tool call, or neither.
-fn call_of(attributes: &Map<String, Value>) -> Option<Call> {
-    match attributes.get(OPERATION) {
-        Some(Value::String(op)) if op == TOOL_OPERATION => Some(Call::Tool),
-        Some(Value::String(op)) if INFERENCE_OPERATIONS.contains(&op.as_str()) => Some(Call::Llm),
-        Some(_) => None,
-        None => {
-            let tokens = INPUT
-                .iter()
-                .chain(&OUTPUT)
-                .any(|name| attributes.contains_key(*name));
-            let provider = PROVIDER
-                .iter()
-                .any(|name| attributes.get(*name).and_then(Value::as_str).is_some());
-            (tokens && provider).then_some(Call::Llm)
-        }
-    }
-}
-
-/// The response model, else the request model, else `unknown`.
-fn model_of(attributes: &Map<String, Value>) -> String {
-    MODEL
-        .iter()
-        .filter_map(|name| attributes.get(*name).and_then(Value::as_str))
-        .find(|model| !model.trim().is_empty())
-        .unwrap_or(UNKNOWN_MODEL)
-        .to_owned()
-}
-
-fn tokens_of(attributes: &Map<String, Value>) -> TokenCounts {
-    let count = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|name| attributes.get(*name).and_then(whole_count))
-            .unwrap_or(0)
-    };
-    TokenCounts {
-        input_tokens: count(&INPUT),
-        output_tokens: count(&OUTPUT),
-        cache_read_tokens: count(&CACHE_READ),
-        cache_creation_tokens: count(&CACHE_CREATION),
-        reasoning_tokens: count(&REASONING),
-    }
-}
-
-/// A count as an attribute carries it: a whole non-negative number, or a string of digits
-/// (some exporters write every attribute as a string). Larger than `u64` saturates.
-fn whole_count(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            // A whole float (`120.0`) is a count too; `as` saturates the huge ones.
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0)
-                .map(|f| f as u64)
-        }),
-        Value::String(s) => {
-            let digits = s.trim();
-            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| digits.parse().unwrap_or(u64::MAX))
-        }
-        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
-    use crate::domain::{SpanKind, SpanStatus, SpanStatusCode};
 
     fn span(attributes: Value) -> SpanData {
-        SpanData {
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            span_id: "b7ad6b7169203331".into(),
-            parent_span_id: None,
-            name: "span".into(),
-            kind: SpanKind::Client,
-            start_time_ms: 1_000,
-            end_time_ms: 2_500,
-            status: SpanStatus {
-                code: SpanStatusCode::Unset,
-                message: None,
-            },
-            attributes: attributes.as_object().expect("an object").clone(),
-        }
+        serde_json::from_value(json!({
+            "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+            "parentSpanId": null, "name": "span", "kind": "client",
+            "startTimeMs": 1000, "endTimeMs": 2500, "status": {"code": "UNSET"},
+            "attributes": attributes,
+        }))
+        .unwrap()
     }
 
     fn chat(model: &str, input: u64, output: u64) -> SpanData {
@@ -451,16 +340,13 @@ mod tests {
         assert_eq!(counted.cost_usd.unwrap().to_string(), "0.006125");
         assert_eq!(counted.model, "gpt-4o-2024-08-06");
         assert_eq!(counted.priced_as.as_deref(), Some("gpt-4o"));
-        assert_eq!(counted.tokens, tokens);
+        assert_eq!((counted.tokens, counted.duration_secs), (tokens, 1.5));
         assert_eq!(counted.operation, "chat");
-        assert_eq!(counted.duration_secs, 1.5);
         assert!(counted.llm_call && !counted.tool_call);
         let usage = ledger.usage();
-        assert_eq!(usage.tokens, tokens);
-        assert_eq!(usage.tokens.total(), 2300);
+        assert_eq!((usage.tokens, usage.tokens.total()), (tokens, 2300));
         assert_eq!(usage.cost_usd.unwrap().to_string(), "0.006125");
-        assert!(usage.reported);
-        assert_eq!(usage.llm_calls, 1);
+        assert!(usage.reported && usage.llm_calls == 1);
         let share = &usage.by_model["gpt-4o-2024-08-06"];
         assert_eq!((share.llm_calls, share.tokens), (1, tokens));
 
@@ -687,20 +573,14 @@ mod tests {
         assert_eq!(counted.tokens.input_tokens, u64::MAX);
         assert_eq!(counted.tokens.output_tokens, u64::MAX);
         ledger.record(&span(huge)).unwrap();
-        assert_eq!(ledger.usage().tokens.input_tokens, u64::MAX);
         assert_eq!(ledger.usage().tokens.total(), u64::MAX);
     }
 
     #[test]
     fn a_cost_past_28_digits_stays_where_it_was() {
-        let price = crate::telemetry::Price {
-            model: "dear".into(),
-            input_usd_per_mtok: usd("100000000000000000000"),
-            output_usd_per_mtok: usd("1"),
-            cache_read_usd_per_mtok: None,
-            cache_creation_usd_per_mtok: None,
-            reasoning_usd_per_mtok: None,
-        };
+        let price = serde_json::from_value(json!({"model": "dear",
+            "input_usd_per_mtok": "100000000000000000000", "output_usd_per_mtok": "1"}))
+        .unwrap();
         let prices = Arc::new(PriceTable::new(&[price]).unwrap());
         let mut ledger = Ledger::new(prices, Budget::default());
         ledger.record(&chat("dear", 1000, 0)).unwrap();
