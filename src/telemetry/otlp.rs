@@ -95,6 +95,9 @@ fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
 /// The success answer to a traces export: `rejected` spans were not stored (over the span
 /// budget), which `partialSuccess` says.
 pub fn traces_response(encoding: Encoding, rejected: u64) -> Vec<u8> {
+    if rejected == 0 {
+        return empty_response(encoding);
+    }
     let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
         rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
         error_message:
