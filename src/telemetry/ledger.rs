@@ -577,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cost_past_28_digits_stays_where_it_was() {
+    fn a_call_costing_past_28_digits_adds_no_cost_and_its_model_stays_priced() {
         let price = serde_json::from_value(json!({"model": "dear",
             "input_usd_per_mtok": "100000000000000000000", "output_usd_per_mtok": "1"}))
         .unwrap();
