@@ -430,6 +430,8 @@ pub enum LogStream {
     Stdout,
     Stderr,
     System,
+    /// Log records the agent exported over OTLP.
+    Otlp,
 }
 
 /// The kinds of event in an execution's stream. The set is open: new kinds are added here.

@@ -143,11 +143,16 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Result<Server, StartError> {
+    pub async fn start(mut config: Config) -> Result<Server, StartError> {
         let started = Instant::now();
         // Bound first, so that while the database is awaited the probes can answer (alive, not
         // ready) instead of a refused connection that an orchestrator takes for a dead process.
         let (listener, addr) = bind(config.bind).await?;
+        // Agents export their telemetry to the port actually bound (port 0 picks one).
+        config
+            .otlp
+            .endpoint
+            .get_or_insert_with(|| crate::runtime::otlp_endpoint(addr));
         let auth = Arc::new(Auth::from_config(&config)?);
         let mode = if auth.is_open() {
             Mode::Open
@@ -177,6 +182,7 @@ impl Server {
             websocket: Arc::new(config.websocket.clone()),
             connections: connections.clone(),
             sites,
+            otlp: Arc::new(api::otlp::OtlpIngest::new(&config.otlp)),
         };
         if let Some(metrics_addr) = config.metrics_bind {
             let (listener, bound) = bind(metrics_addr).await?;

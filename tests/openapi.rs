@@ -50,6 +50,7 @@ async fn router_paths() -> BTreeSet<String> {
         websocket: Arc::new(config.websocket.clone()),
         connections: Arc::default(),
         sites: Arc::new(SitePolicy::new(&config, Mode::Open, 0).unwrap()),
+        otlp: Arc::new(agentnexus::api::otlp::OtlpIngest::new(&config.otlp)),
     };
     let debug = format!("{:?}", api::router(state, config.max_body_bytes));
     runtime.shutdown(Duration::from_secs(1)).await;

@@ -45,6 +45,14 @@ pub struct ErrorBody {
     error: ErrorDetail,
 }
 
+impl ErrorBody {
+    pub fn of(code: ErrorCode, message: String) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail { code, message },
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     code: ErrorCode,
@@ -77,6 +85,7 @@ pub enum ErrorCode {
     ShuttingDown,
     StoreUnavailable,
     TooManyConnections,
+    TooManyRequests,
     Internal,
 }
 

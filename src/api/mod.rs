@@ -10,6 +10,7 @@ mod host;
 mod index;
 mod metrics;
 pub mod openapi;
+pub mod otlp;
 pub mod ws;
 
 pub use agents::AgentSpec;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub connections: Arc<ws::Connections>,
     /// The names and origins the main listener accepts.
     pub sites: Arc<SitePolicy>,
+    /// The bounds of the OTLP intake.
+    pub otlp: Arc<otlp::OtlpIngest>,
 }
 
 /// API keys and the callers they stand for. With no keys the server is open (loopback only,
@@ -153,6 +156,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
+        .merge(otlp_router(state.otlp.max_body_bytes()))
         .merge(metrics_router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -187,6 +191,15 @@ pub fn metrics_app(state: AppState, sites: Arc<SitePolicy>) -> Router {
     metrics_router()
         .layer(axum::middleware::from_fn_with_state(sites, host::admit))
         .with_state(state)
+}
+
+/// The OTLP routes, with their own body cap (checked again once a body is inflated).
+fn otlp_router(max_body_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/traces", post(otlp::traces))
+        .route("/v1/metrics", post(otlp::metrics))
+        .route("/v1/logs", post(otlp::logs))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
 fn metrics_router() -> Router<AppState> {

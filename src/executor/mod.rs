@@ -44,6 +44,9 @@ pub struct Job {
     pub user_id: String,
     pub agent: Agent,
     pub input: Value,
+    /// Where the agent's OpenTelemetry SDK exports (`OTEL_EXPORTER_OTLP_*`, `TRACEPARENT`):
+    /// set after the agent's own environment, so it cannot point elsewhere.
+    pub telemetry_env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]

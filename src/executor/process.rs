@@ -235,6 +235,7 @@ fn command(
                 .filter_map(|k| Some((k, std::env::var_os(k)?))),
         )
         .envs(env)
+        .envs(job.telemetry_env.iter().map(|(k, v)| (k, v)))
         .env(EXECUTION_ID_VAR, &job.execution_id)
         .env("AGENT_ID", &job.agent.id)
         .env("AGENTNEXUS_OUTPUT", output_file)

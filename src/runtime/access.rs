@@ -35,11 +35,19 @@ impl Runtime {
         let Some(parsed) = ExecutionId::parse(id) else {
             return Err(Error::InvalidId(id.to_owned(), "execution"));
         };
-        self.store
+        let mut execution = self
+            .store
             .get_execution(&parsed)
             .await?
             .filter(|e| caller.sees(e))
-            .ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))
+            .ok_or_else(|| Error::ExecutionNotFound(id.to_owned()))?;
+        // Usage is stored with the end; while it runs here, it is read live.
+        if !execution.status.is_terminal()
+            && let Some(usage) = self.telemetry.usage_of(&parsed)
+        {
+            execution.usage = usage;
+        }
+        Ok(execution)
     }
 
     pub async fn executions(

@@ -19,9 +19,11 @@ mod recovery;
 mod retention;
 mod shutdown;
 mod supervise;
+mod telemetry;
 mod transition;
 
 pub use access::Caller;
+pub use telemetry::{Exported, Sink};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -117,6 +119,10 @@ pub struct Runtime {
     revenue_gate: tokio::sync::RwLock<()>,
     /// This replica's name: the owner recorded on the executions it runs.
     replica_id: String,
+    /// Agents' OTLP exports, by the token of their run.
+    telemetry: telemetry::TelemetryIntake,
+    prices: Arc<crate::telemetry::PriceTable>,
+    max_spans: u64,
 }
 
 impl Runtime {
@@ -171,6 +177,18 @@ impl Runtime {
             users: known_users(config),
             revenue_gate: tokio::sync::RwLock::new(()),
             replica_id: config.replica_id.clone(),
+            telemetry: telemetry::TelemetryIntake::new(
+                config
+                    .otlp
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| otlp_endpoint(config.bind)),
+                config.otlp.max_attribute_bytes,
+            ),
+            prices: Arc::new(
+                crate::telemetry::PriceTable::new(&config.prices).map_err(Error::Invalid)?,
+            ),
+            max_spans: config.otlp.max_spans,
         });
         runtime.spawn_lost_stream_stopper(lost_streams);
         for entry in &config.agents {
@@ -233,6 +251,17 @@ fn known_users(config: &Config) -> Vec<String> {
     users.sort();
     users.dedup();
     users
+}
+
+/// The OTLP endpoint of a server listening on `addr`, as an agent on this machine reaches it:
+/// an address bound to every interface is reached on loopback.
+pub fn otlp_endpoint(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 fn scratch_root(config: &Config) -> PathBuf {

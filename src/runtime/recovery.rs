@@ -12,7 +12,6 @@ use crate::domain::{
 };
 use crate::executor::{OwnedContainer, ResumePoint};
 use crate::store::LostStream;
-use crate::stream::Recorder;
 
 use super::supervise::StopReason;
 use super::transition::Change;
@@ -180,13 +179,9 @@ impl Runtime {
             let _running = runtime.metrics.running(&execution);
             let started = Instant::now();
             let recorder = Arc::new(
-                Recorder::new(
-                    &execution,
-                    runtime.store.clone(),
-                    runtime.metrics.clone(),
-                    runtime.log_limits,
-                )
-                .resumed(point.stdout_lines + point.stderr_lines),
+                runtime
+                    .recorder(&execution)
+                    .resumed(point.stdout_lines + point.stderr_lines),
             );
             let timeout_ms = execution.agent.timeout_secs.saturating_mul(1000);
             let ran_ms = now_ms().saturating_sub(execution.started_at.unwrap_or_else(now_ms));
@@ -199,7 +194,7 @@ impl Runtime {
             );
             runtime
                 .finish_run(
-                    &execution, &handle, run, timeout, &recorder, started, permit,
+                    &execution, &handle, run, timeout, &recorder, started, permit, None,
                 )
                 .await
         });

@@ -1,5 +1,6 @@
-//! Driving one run: mark it RUNNING, hand it to its executor, stop it on cancel, timeout,
-//! shutdown or a lost stream (the first reason wins), and record how it ended.
+//! Driving one run: mark it RUNNING, hand it to its executor with its telemetry intake open,
+//! stop it on cancel, timeout, an exceeded budget, shutdown or a lost stream (the first reason
+//! wins), and record how it ended.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -8,10 +9,11 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ExecError, Execution, Runtime as AgentRuntime, Status};
+use crate::domain::{BudgetLimit, ExecError, Execution, Runtime as AgentRuntime, Status};
 use crate::executor::{Executor, Exit, Job, RunOutcome};
 use crate::stream::Recorder;
 
+use super::telemetry::TraceRoot;
 use super::transition::Change;
 use super::{Result, Runtime};
 
@@ -20,6 +22,8 @@ use super::{Result, Runtime};
 pub(super) enum StopReason {
     Cancelled,
     Timeout,
+    /// A limit of its budget was exceeded (`budget_exceeded`, naming the limit).
+    Budget(ExecError),
     Shutdown,
     /// The store cut its stream short: what it writes now cannot be stored.
     StreamLost(ExecError),
@@ -78,17 +82,14 @@ impl Runtime {
         let started = Instant::now();
         let _running = self.metrics.running(&execution);
 
-        let recorder = Arc::new(Recorder::new(
-            &execution,
-            self.store.clone(),
-            self.metrics.clone(),
-            self.log_limits,
-        ));
+        let recorder = Arc::new(self.recorder(&execution));
+        let (intake, telemetry_env) = self.telemetry.register(&recorder);
         let job = Job {
             execution_id: execution.execution_id.to_string(),
             user_id: execution.user_id.clone(),
             agent: execution.agent.clone(),
             input: execution.input.clone(),
+            telemetry_env,
         };
         let executor: &dyn Executor = match execution.agent.runtime {
             AgentRuntime::Process { .. } => &self.process,
@@ -104,12 +105,25 @@ impl Runtime {
             &recorder,
             started,
             Some(permit),
+            Some(&intake.root),
         )
         .await
     }
 
-    /// Sees an executor's run to its end within `timeout` (stopping it when that passes), frees
-    /// the concurrency slot, and records how the execution ended.
+    /// The recorder of a run of `execution`, with the price table and span budget.
+    pub(super) fn recorder(&self, execution: &Execution) -> Recorder {
+        Recorder::new(
+            execution,
+            self.store.clone(),
+            self.metrics.clone(),
+            self.log_limits,
+        )
+        .with_telemetry(self.prices.clone(), self.max_spans)
+    }
+
+    /// Sees an executor's run to its end within `timeout` and its budget (stopping it when
+    /// either is passed), frees the concurrency slot, and records how the execution ended,
+    /// after its root span (`root`) when its telemetry intake was open.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn finish_run(
         &self,
@@ -120,6 +134,7 @@ impl Runtime {
         recorder: &Recorder,
         started: Instant,
         permit: Option<OwnedSemaphorePermit>,
+        root: Option<&TraceRoot>,
     ) -> Result<()> {
         tokio::pin!(run);
         let outcome = tokio::select! {
@@ -128,16 +143,52 @@ impl Runtime {
                 handle.request_stop(StopReason::Timeout);
                 run.await
             }
+            breach = over_budget(recorder, started) => {
+                if let Some(limit) = breach.budget {
+                    self.metrics.genai.budget_exceeded(&execution.agent_id, limit);
+                }
+                handle.request_stop(StopReason::Budget(breach));
+                run.await
+            }
         };
         drop(permit);
         let mut change = ended(outcome, handle, execution.agent.timeout_secs);
         change.stats = Some(recorder.stats());
         change.ran_for = Some(started.elapsed());
+        if let Some(root) = root {
+            self.record_root_span(recorder, root, change.to).await;
+        }
         let recorded = self.transition(execution, Status::Running, change).await;
         // Also when the end was recorded elsewhere (a lost lease): its gauges end with the run.
         self.metrics.run_ended(execution);
         recorded?;
         Ok(())
+    }
+}
+
+/// Completes with the breach once the run exceeds its budget: a limit its spans passed (the
+/// recorder's ledger), or its wall time (`maxWallSecs`, from `started`), said at 80 % first.
+async fn over_budget(recorder: &Recorder, started: Instant) -> ExecError {
+    let wall = async {
+        let Some(secs) = recorder.execution().agent.budget.max_wall_secs else {
+            return std::future::pending().await;
+        };
+        let limit = Duration::from_secs(secs);
+        tokio::time::sleep_until((started + limit.mul_f64(0.8)).into()).await;
+        let line = format!(
+            "[agentnexus] budget maxWallSecs at 80 %: {} s of {secs} s",
+            started.elapsed().as_secs()
+        );
+        let _ = recorder.system_line(line).await;
+        tokio::time::sleep_until((started + limit).into()).await;
+        ExecError::budget_exceeded(
+            BudgetLimit::MaxWallSecs,
+            format!("the execution ran for {secs} s, its budget's limit (maxWallSecs)"),
+        )
+    };
+    tokio::select! {
+        breach = wall => breach,
+        _ = recorder.budget_exceeded() => recorder.breach().cloned().expect("set before the wake-up"),
     }
 }
 
@@ -193,6 +244,7 @@ fn stopped(reason: StopReason, exit: Exit, timeout_secs: u64) -> Change {
             "timeout",
             format!("the agent exceeded its timeout of {timeout_secs} s"),
         )),
+        StopReason::Budget(error) => Change::to(Status::Failed).error(error),
         StopReason::Shutdown => Change::to(Status::Failed).error(ExecError::new(
             "runtime_shutdown",
             "the runtime shut down while this execution was running",

@@ -94,7 +94,8 @@ impl Recorder {
     /// marker line, then spans are only counted), and counts each in the ledger, stored or not:
     /// a span budget does not hide usage from the execution's budget. The first limit exceeded
     /// trips `budget_exceeded`; each limit at 80 % is said once in a `system` line.
-    pub async fn spans(&self, spans: Vec<SpanData>) -> store::Result<()> {
+    /// Returns the spans stored and those only counted.
+    pub async fn spans(&self, spans: Vec<SpanData>) -> store::Result<(u64, u64)> {
         let timestamp = now_ms();
         let agent_id = &self.execution.agent_id;
         let mut events = Vec::with_capacity(spans.len());
@@ -146,7 +147,15 @@ impl Recorder {
         if let Some((limit, message)) = exceeded {
             self.trip_budget(ExecError::budget_exceeded(limit, message));
         }
-        Ok(())
+        Ok((stored, dropped))
+    }
+
+    /// Appends the runtime's root span of the execution, outside its span budget.
+    pub async fn root_span(&self, span: SpanData) -> store::Result<()> {
+        let event = new_event(EventKind::Span, &EventData::Span(span), now_ms());
+        self.store
+            .append(&self.execution.execution_id, vec![event])
+            .await
     }
 
     /// Records that a budget limit was exceeded (the first one wins) and wakes whoever waits on

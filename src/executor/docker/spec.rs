@@ -81,6 +81,7 @@ pub(super) async fn create(docker: &Docker, job: &Job) -> Result<String, ExecErr
     };
     let input = job.input.to_string();
     let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    vars.extend(job.telemetry_env.iter().map(|(k, v)| format!("{k}={v}")));
     vars.push(format!("EXECUTION_ID={}", job.execution_id));
     vars.push(format!("AGENT_ID={}", job.agent.id));
     vars.push(format!("AGENTNEXUS_INPUT={INPUT_FILE}"));
