@@ -18,26 +18,38 @@ use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The real server with two agents: `chat` (the instrumented Python agent) and `quiet` (a shell
-/// agent without telemetry).
+/// The real server with the agent `quiet` (a shell agent without telemetry) and, where the
+/// instrumented Python is installed, `chat` (`tests/agents/openai_chat.py`).
 struct Setup {
     server: ServerProcess,
     dir: TempDir,
 }
 
 impl Setup {
-    /// `None` (the test skips) without the instrumented Python.
+    /// With `chat`; `None` (the test skips) without the instrumented Python.
     fn start() -> Option<Setup> {
         if !have(Tool::OtelPython) {
             return None;
         }
         let python = otel_python().expect("checked by have");
+        Some(Self::with_agents(&format!(
+            "{QUIET}{}",
+            chat_agent(&python)
+        )))
+    }
+
+    /// With `quiet` only.
+    fn start_quiet() -> Setup {
+        Self::with_agents(QUIET)
+    }
+
+    fn with_agents(agents: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), &agents(&python));
-        Some(Setup {
+        let config = write_config(dir.path(), agents);
+        Setup {
             server: ServerProcess::spawn(&config),
             dir,
-        })
+        }
     }
 
     fn client(&self) -> Client {
@@ -50,7 +62,15 @@ impl Setup {
     }
 }
 
-fn agents(python: &Path) -> String {
+const QUIET: &str = r#"
+[[agents]]
+id = "quiet"
+name = "No telemetry"
+price_wei = "1"
+runtime = { type = "process", command = "sh", args = ["-c", "echo working; echo '{\"done\": true}'"] }
+"#;
+
+fn chat_agent(python: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/openai_chat.py");
     // The batch processor's default 5 s delay would only make the test slower.
     format!(
@@ -61,12 +81,6 @@ name = "Instrumented chat"
 price_wei = "1"
 timeout_secs = 120
 runtime = {{ type = "process", command = {python:?}, args = [{script:?}], env = {{ OTEL_BSP_SCHEDULE_DELAY = "50" }} }}
-
-[[agents]]
-id = "quiet"
-name = "No telemetry"
-price_wei = "1"
-runtime = {{ type = "process", command = "sh", args = ["-c", "echo working; echo '{{\"done\": true}}'"] }}
 "#
     )
 }
@@ -86,6 +100,19 @@ async fn events_until(client: &Client, id: &str, found: impl Fn(&[Value]) -> boo
 
 fn spans(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["type"] == "span").collect()
+}
+
+/// The spans the agent exported: all but the execution's root span, which the runtime records
+/// at the end (named `execution <agent id>`, without a parent).
+fn agent_spans(events: &[Value]) -> Vec<&Value> {
+    spans(events).into_iter().filter(|s| !is_root(s)).collect()
+}
+
+fn is_root(span: &Value) -> bool {
+    span["data"]["parentSpanId"].is_null()
+        && span["data"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("execution "))
 }
 
 /// The seq of the first log line equal to `line` (or starting with it, ending in `*`).
@@ -128,10 +155,10 @@ async fn spans_arrive_while_the_agent_runs_between_its_log_lines() {
     let id = client.submit("chat", input).await;
 
     // The agent waits after its first call until it is told to go on: its span must come now.
-    let events = events_until(&client, &id, |e| !spans(e).is_empty()).await;
+    let events = events_until(&client, &id, |e| !agent_spans(e).is_empty()).await;
     let running = client.execution(&id).await;
     assert_eq!(running["status"], "RUNNING", "{running}");
-    let first = spans(&events)[0].clone();
+    let first = agent_spans(&events)[0].clone();
     std::fs::write(&go, "").unwrap();
     let execution = client.wait_terminal(&id, WAIT).await;
     assert_eq!(execution["status"], "COMPLETED", "{execution}");
@@ -142,7 +169,7 @@ async fn spans_arrive_while_the_agent_runs_between_its_log_lines() {
     assert!(seq_of_line(&events, "answered 1*") < seq, "{events:#?}");
     assert!(seq < seq_of_line(&events, "go"), "{events:#?}");
     assert!(seq < seq_of_line(&events, "calling 2"), "{events:#?}");
-    assert_eq!(spans(&events).len(), 2, "{events:#?}");
+    assert_eq!(agent_spans(&events).len(), 2, "{events:#?}");
     assert_eq!(chat.requests(), 2);
 
     // The span as the instrumentation made it, in the trace the runtime handed the agent.
@@ -167,6 +194,17 @@ async fn spans_arrive_while_the_agent_runs_between_its_log_lines() {
     assert_eq!(attributes["gen_ai.response.model"], MODEL, "{span}");
     assert_eq!(attributes["gen_ai.usage.input_tokens"], 1200, "{span}");
     assert_eq!(attributes["gen_ai.usage.output_tokens"], 300, "{span}");
+
+    // The root span the agent's spans hang from, recorded once the run has ended.
+    let roots: Vec<_> = spans(&events).into_iter().filter(|s| is_root(s)).collect();
+    assert_eq!(roots.len(), 1, "{events:#?}");
+    let root = &roots[0]["data"];
+    assert_eq!(root["name"], "execution chat", "{root}");
+    assert_eq!(root["traceId"], parts[1], "{root}");
+    assert_eq!(root["spanId"], parts[2], "{root}");
+    assert_eq!(root["attributes"]["agentnexus.execution.id"], id, "{root}");
+    let last_agent_span = agent_spans(&events).last().unwrap()["seq"].as_u64();
+    assert!(roots[0]["seq"].as_u64() > last_agent_span, "{events:#?}");
 }
 
 #[tokio::test]
@@ -216,7 +254,7 @@ async fn tokens_and_cost_are_counted_exactly() {
     let end = final_status(&events);
     assert_eq!(end["data"]["status"], "COMPLETED", "{end}");
     assert_eq!(&end["data"]["usage"], usage, "{end}");
-    let tools: Vec<_> = spans(&events)
+    let tools: Vec<_> = agent_spans(&events)
         .into_iter()
         .filter(|s| s["data"]["attributes"]["gen_ai.operation.name"] == "execute_tool")
         .collect();
@@ -226,7 +264,7 @@ async fn tokens_and_cost_are_counted_exactly() {
 
 #[tokio::test]
 async fn an_execution_without_telemetry_reports_none() {
-    let Some(setup) = Setup::start() else { return };
+    let setup = Setup::start_quiet();
     let client = setup.client();
     let id = client.submit("quiet", json!({})).await;
     let execution = client.wait_terminal(&id, WAIT).await;
@@ -236,8 +274,10 @@ async fn an_execution_without_telemetry_reports_none() {
     assert_eq!(usage["costUsd"], Value::Null, "{usage}");
     assert_eq!(usage["llmCalls"], 0, "{usage}");
     assert_eq!(usage["inputTokens"], 0, "{usage}");
+    // Only the execution's own root span.
     let events = client.all_events(&id).await;
-    assert!(spans(&events).is_empty(), "{events:#?}");
+    assert!(agent_spans(&events).is_empty(), "{events:#?}");
+    assert_eq!(spans(&events).len(), 1, "{events:#?}");
     let end = final_status(&events);
     assert!(end["data"].get("usage").is_none_or(Value::is_null), "{end}");
 }
@@ -261,11 +301,10 @@ async fn a_token_budget_stops_a_run_that_keeps_calling() {
     let id = body["executionId"].as_str().unwrap().to_owned();
 
     // Past 80 % after the first call: said in a system line, and the run goes on.
+    let line = "[agentnexus] budget maxTokens at 80 %: 3000 used of 3500";
     let nearing = |events: &[Value]| {
         events.iter().any(|e| {
-            e["type"] == "log"
-                && e["data"]["stream"] == "system"
-                && e["data"]["log"].as_str().unwrap().contains("maxTokens")
+            e["type"] == "log" && e["data"]["stream"] == "system" && e["data"]["log"] == line
         })
     };
     let events = events_until(&client, &id, nearing).await;

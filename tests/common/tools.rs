@@ -43,7 +43,7 @@ impl Tool {
             Tool::Python3 => "python3",
             Tool::PyYaml => "PyYAML",
             Tool::OtelPython => {
-                "Python's opentelemetry-sdk, its OTLP exporter and openai-v2 instrumentation, openai"
+                "python3 with opentelemetry-sdk, its OTLP/HTTP exporter, the openai-v2 instrumentation and openai"
             }
             Tool::Kosoku => "kosoku",
             Tool::KubernetesValidate => "kubernetes-validate",
@@ -62,9 +62,8 @@ impl Tool {
         match self {
             Tool::Python3 => "apt-get install python3",
             Tool::PyYaml => "pip install PyYAML",
-            Tool::OtelPython => {
-                "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-instrumentation-openai-v2 openai"
-            }
+            // Unpinned, pip picks versions that do not work together.
+            Tool::OtelPython => "pip install the versions scripts/test pins",
             Tool::Kosoku => "pip install kosoku",
             Tool::KubernetesValidate => "pip install kubernetes-validate",
             Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
