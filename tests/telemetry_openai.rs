@@ -208,6 +208,30 @@ async fn spans_arrive_while_the_agent_runs_between_its_log_lines() {
 }
 
 #[tokio::test]
+async fn spans_of_an_agent_that_ignores_traceparent_hang_from_the_root() {
+    let Some(setup) = Setup::start() else { return };
+    let chat = FakeOpenAi::start(vec![usage(10, 5, 0, 0)]).await;
+    let client = setup.client();
+    let input = json!({"baseUrl": chat.base_url, "calls": 1, "joinTrace": false});
+    let id = client.submit("chat", input).await;
+    let execution = client.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+
+    // The SDK does not read TRACEPARENT: the span comes as a root of its own trace.
+    let events = client.all_events(&id).await;
+    let root = spans(&events).into_iter().find(|s| is_root(s)).unwrap();
+    let chats = agent_spans(&events);
+    assert_eq!(chats.len(), 1, "{events:#?}");
+    let span = &chats[0]["data"];
+    assert_eq!(span["parentSpanId"], root["data"]["spanId"], "{events:#?}");
+    assert_eq!(
+        span["attributes"]["gen_ai.usage.input_tokens"], 10,
+        "{span}"
+    );
+    assert_eq!(execution["usage"]["llmCalls"], 1, "{execution}");
+}
+
+#[tokio::test]
 async fn tokens_and_cost_are_counted_exactly() {
     let Some(setup) = Setup::start() else { return };
     let answers = vec![

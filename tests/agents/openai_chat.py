@@ -9,6 +9,7 @@ Input (JSON on stdin, as the runtime passes it):
             once it has seen that call's span), then go on
   tool      if true, one manual tool span (gen_ai.operation.name = execute_tool) at the end
   child     if true, start a sleeping child process first and print its pid too
+  joinTrace if false, ignore TRACEPARENT, as an agent does that only sets up the SDK
 
 The SDK does not read TRACEPARENT by itself: the agent joins the execution's trace from it
 with the W3C propagator, as the runtime's documentation tells agents to.
@@ -43,7 +44,7 @@ def main():
     trace.set_tracer_provider(provider)
     OpenAIInstrumentor().instrument()
     parent = os.environ.get("TRACEPARENT")
-    if parent:
+    if parent and job.get("joinTrace", True):
         context.attach(TraceContextTextMapPropagator().extract({"traceparent": parent}))
 
     say(f"pid {os.getpid()}")
