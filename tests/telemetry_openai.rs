@@ -70,6 +70,22 @@ price_wei = "1"
 runtime = { type = "process", command = "sh", args = ["-c", "echo working; echo '{\"done\": true}'"] }
 "#;
 
+impl Drop for Setup {
+    /// Stops the server gracefully, so that it stops its agents too: a failed test (which would
+    /// otherwise kill it outright) leaves no agent calling on behind it.
+    fn drop(&mut self) {
+        let child = &mut self.server.child;
+        // SAFETY: signals a child of this test, which is waited for below.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn chat_agent(python: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/openai_chat.py");
     // The batch processor's default 5 s delay would only make the test slower.
