@@ -190,13 +190,17 @@ impl Runtime {
         self.telemetry.sink(token)
     }
 
-    /// Records the execution's root span, from its start to now, before its final status.
+    /// Records the execution's root span, from its start to now, before its final status, if
+    /// the agent exported spans (one that did not pays nothing, not even this event).
     pub(super) async fn record_root_span(
         &self,
         recorder: &Recorder,
         root: &TraceRoot,
         ended: Status,
     ) {
+        if !recorder.has_spans() {
+            return;
+        }
         let execution = recorder.execution();
         let mut attributes = serde_json::Map::new();
         attributes.insert(
