@@ -382,3 +382,65 @@ async fn wait_gone(pids: &[i32]) {
     }
     panic!("processes still alive: {pids:?}");
 }
+
+/// The Python example of the README's "Tracing your agent", as written.
+fn readme_example() -> String {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## Tracing your agent")
+        .nth(1)
+        .expect("the README has the section");
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .expect("a Python example");
+    code.split("```").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_example_works_as_written() {
+    if !have(Tool::OtelPython) {
+        return;
+    }
+    let python = otel_python().expect("checked by have");
+    let chat = FakeOpenAi::start(vec![usage(1200, 300, 0, 0)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("agent.py");
+    std::fs::write(&script, readme_example()).unwrap();
+    // The OpenAI client reads its base URL and key from the environment, as in production.
+    let agent = format!(
+        r#"
+[[agents]]
+id = "example"
+name = "The README's example"
+price_wei = "1"
+timeout_secs = 120
+runtime = {{ type = "process", command = {python:?}, args = [{script:?}], env = {{ OPENAI_BASE_URL = {base:?}, OPENAI_API_KEY = "test" }} }}
+"#,
+        base = chat.base_url
+    );
+    let setup = Setup::with_agents(&agent);
+    let client = setup.client();
+    let id = client.submit("example", json!({})).await;
+    let execution = client.wait_terminal(&id, WAIT).await;
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(chat.requests(), 1);
+    let events = client.all_events(&id).await;
+    let calls = agent_spans(&events);
+    assert_eq!(calls.len(), 1, "{events:#?}");
+    assert_eq!(
+        calls[0]["data"]["attributes"]["gen_ai.request.model"],
+        "gpt-4o-mini"
+    );
+    let usage = &execution["usage"];
+    assert_eq!(
+        (
+            usage["inputTokens"].as_u64(),
+            usage["outputTokens"].as_u64()
+        ),
+        (Some(1200), Some(300)),
+        "{usage}"
+    );
+    // Answered as gpt-4o-2024-08-06, priced as gpt-4o: 1200 × 2.50 + 300 × 10.00 per million.
+    assert_eq!(usage["costUsd"], "0.006", "{usage}");
+}

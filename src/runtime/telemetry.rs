@@ -90,17 +90,26 @@ impl TelemetryIntake {
         });
         self.sinks.lock().unwrap().insert(digest, sink);
         let execution = recorder.execution();
-        let env = vec![
+        // Defaults the agent's own environment may change: spans every second rather than the
+        // SDKs' 5 s (they are shown live, and a budget is checked as they arrive), and its name.
+        let defaults = [
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000".to_owned()),
+            ("OTEL_SERVICE_NAME", execution.agent_id.clone()),
+        ];
+        let own = execution.agent.runtime.env();
+        let mut env: Vec<(String, String)> = defaults
+            .into_iter()
+            .filter(|(key, _)| !own.contains_key(*key))
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        // Where it exports and as what: the runtime's alone.
+        env.extend([
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), self.endpoint.clone()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
-            // Spans every second rather than the SDKs' default 5 s: they are shown live, and a
-            // budget can only be checked once they arrive.
-            ("OTEL_BSP_SCHEDULE_DELAY".into(), "1000".into()),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS".into(),
                 format!("authorization=Bearer%20{token}"),
             ),
-            ("OTEL_SERVICE_NAME".into(), execution.agent_id.clone()),
             (
                 "OTEL_RESOURCE_ATTRIBUTES".into(),
                 format!(
@@ -112,7 +121,7 @@ impl TelemetryIntake {
                 "TRACEPARENT".into(),
                 format!("00-{}-{}-01", root.trace_id, root.span_id),
             ),
-        ];
+        ]);
         let registration = Registration {
             intake: self,
             digest,
