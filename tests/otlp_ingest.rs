@@ -539,3 +539,43 @@ async fn usage_is_exact_for_priced_models_unknown_for_others_and_unreported_with
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_export_answered_ok_is_in_the_stream_and_the_final_usage() {
+    let (mut server, agents) = server_with(|_| {}).await;
+    let client = server.client.clone();
+    let (id, t) = agents.start(&client, None).await;
+    let t = std::sync::Arc::new(t);
+    let exporter = t.clone();
+    // Exports one LLM call after another until one is refused, as the run ends under them.
+    let exports = tokio::spawn(async move {
+        let mut accepted = 0;
+        loop {
+            let chat = chat_span(exporter.trace_id(), accepted + 1, "gpt-4o", 10, 1);
+            let (status, _) = exporter.export(PROTOBUF, traces(vec![chat])).await;
+            if status != StatusCode::OK {
+                return (accepted, status);
+            }
+            accepted += 1;
+        }
+    });
+    while client.execution(&id).await["usage"]["llmCalls"]
+        .as_u64()
+        .unwrap()
+        < 20
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t.finish();
+    let (accepted, refused) = exports.await.unwrap();
+    assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    let done = client.wait_terminal(&id, WAIT).await;
+    let spans = spans_of(&client.all_events(&id).await);
+    assert_eq!(
+        spans.len() as u64,
+        accepted + 1,
+        "each accepted span, and the root span"
+    );
+    assert_eq!(done["usage"]["llmCalls"], json!(accepted), "{done}");
+    server.stop().await;
+}
