@@ -128,6 +128,30 @@ impl IntoResponse for OtlpError {
 }
 
 /// Export spans: they become `span` events of the token's execution.
+#[utoipa::path(
+    post, path = "/v1/traces", tag = "telemetry", operation_id = "exportTraces",
+    request_body(
+        description = "An OTLP ExportTraceServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Stored; `partialSuccess.rejectedSpans` counts spans over the execution's span budget", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution ended while the export was on its way", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn traces(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -145,6 +169,30 @@ pub async fn traces(
 }
 
 /// Export log records: they become `otlp` lines of the token's execution's log.
+#[utoipa::path(
+    post, path = "/v1/logs", tag = "telemetry", operation_id = "exportLogs",
+    request_body(
+        description = "An OTLP ExportLogsServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Stored as `otlp` log lines", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution ended while the export was on its way", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -158,6 +206,30 @@ pub async fn logs(
 }
 
 /// Export metrics: accepted (and forwarded when forwarding is on); usage is counted from spans.
+#[utoipa::path(
+    post, path = "/v1/metrics", tag = "telemetry", operation_id = "exportMetrics",
+    request_body(
+        description = "An OTLP ExportMetricsServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Accepted", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution ended while the export was on its way", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,

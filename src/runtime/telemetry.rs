@@ -118,6 +118,9 @@ impl TelemetryIntake {
         let env = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), self.endpoint.clone()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
+            // Spans every second rather than the SDKs' default 5 s: they are shown live, and a
+            // budget can only be checked once they arrive.
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "1000".into()),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS".into(),
                 format!("authorization=Bearer%20{token}"),
@@ -225,13 +228,17 @@ impl Runtime {
         self.telemetry.sink(token)
     }
 
-    /// Records the execution's root span, from its start to now, before its final status.
+    /// Records the execution's root span, from its start to now, before its final status, if
+    /// the agent exported spans (one that did not pays nothing, not even this event).
     pub(super) async fn record_root_span(
         &self,
         recorder: &Recorder,
         root: &TraceRoot,
         ended: Status,
     ) {
+        if !recorder.has_spans() {
+            return;
+        }
         let execution = recorder.execution();
         let mut attributes = serde_json::Map::new();
         attributes.insert(
