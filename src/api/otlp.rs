@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use super::AppState;
 use super::error::{ErrorBody, ErrorCode};
 use crate::config::OtlpConfig;
-use crate::runtime::Sink;
+use crate::runtime::{ExportError, Sink};
 use crate::store::StoreError;
 use crate::telemetry::otlp::{
     self, BodyError, Encoding, LogsRequest, MetricsRequest, RpcStatus, TracesRequest,
@@ -161,7 +161,7 @@ pub async fn traces(
     let exported = sink
         .traces(request, &state.runtime)
         .await
-        .map_err(|e| store_error(e, encoding))?;
+        .map_err(|e| export_error(e, encoding))?;
     Ok(success(
         encoding,
         otlp::traces_response(encoding, exported.rejected),
@@ -201,7 +201,7 @@ pub async fn logs(
     let (sink, request, encoding, _slot) = accept::<LogsRequest>(&state, &headers, body).await?;
     sink.logs(request, &state.runtime)
         .await
-        .map_err(|e| store_error(e, encoding))?;
+        .map_err(|e| export_error(e, encoding))?;
     Ok(success(encoding, otlp::empty_response(encoding)))
 }
 
@@ -330,6 +330,19 @@ fn body_error(e: BodyError, encoding: Encoding) -> OtlpError {
         _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
     };
     OtlpError::new(status, code, e.to_string(), encoding)
+}
+
+/// An export that met the end of its run is told as one that came after it (401).
+fn export_error(e: ExportError, encoding: Encoding) -> OtlpError {
+    match e {
+        ExportError::Ended => OtlpError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "the execution of this telemetry token has ended",
+            encoding,
+        ),
+        ExportError::Store(e) => store_error(e, encoding),
+    }
 }
 
 /// A store that cannot take the spans now is worth a retry (503); an execution whose stream

@@ -31,6 +31,20 @@ pub(super) struct TelemetryIntake {
 pub struct Sink {
     recorder: Arc<Recorder>,
     root: TraceRoot,
+    /// False once the run is over. An export holds it read while its events are queued, so
+    /// closing waits for those under way: each export answered OK is in the stream and in the
+    /// final usage, or is refused.
+    open: tokio::sync::RwLock<bool>,
+}
+
+/// Why an export was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The run ended while the export was on its way: its token opens nothing any more.
+    #[error("the execution has ended")]
+    Ended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The runtime's root span of one execution: every span its agent exports without a parent
@@ -46,7 +60,17 @@ pub struct TraceRoot {
 pub(super) struct Registration<'a> {
     intake: &'a TelemetryIntake,
     digest: KeyDigest,
-    pub(super) root: TraceRoot,
+    sink: Arc<Sink>,
+}
+
+impl Registration<'_> {
+    /// Ends the run's intake once the exports under way are queued, before its usage is read
+    /// and its end recorded; returns its trace root.
+    pub(super) async fn close(self) -> TraceRoot {
+        self.intake.sinks.lock().unwrap().remove(&self.digest);
+        *self.sink.open.write().await = false;
+        self.sink.root.clone()
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -86,9 +110,10 @@ impl TelemetryIntake {
         let digest = KeyDigest::of(&token);
         let sink = Arc::new(Sink {
             recorder: recorder.clone(),
-            root: root.clone(),
+            root,
+            open: tokio::sync::RwLock::new(true),
         });
-        self.sinks.lock().unwrap().insert(digest, sink);
+        self.sinks.lock().unwrap().insert(digest, sink.clone());
         let execution = recorder.execution();
         // Defaults the agent's own environment may change: spans every second rather than the
         // SDKs' 5 s (they are shown live, and a budget is checked as they arrive), and its name.
@@ -119,13 +144,13 @@ impl TelemetryIntake {
             ),
             (
                 "TRACEPARENT".into(),
-                format!("00-{}-{}-01", root.trace_id, root.span_id),
+                format!("00-{}-{}-01", sink.root.trace_id, sink.root.span_id),
             ),
         ]);
         let registration = Registration {
             intake: self,
             digest,
-            root,
+            sink,
         };
         (registration, env)
     }
@@ -154,7 +179,11 @@ impl Sink {
         &self,
         request: TracesRequest,
         intake: &Runtime,
-    ) -> Result<Exported, StoreError> {
+    ) -> Result<Exported, ExportError> {
+        let open = self.open.read().await;
+        if !*open {
+            return Err(ExportError::Ended);
+        }
         let converted = spans::spans(
             request,
             &self.root.span_id,
@@ -163,18 +192,27 @@ impl Sink {
         let metrics = &intake.metrics.genai;
         metrics.attributes_truncated(converted.truncated_attributes);
         let (stored, rejected) = self.recorder.spans(converted.spans).await?;
+        drop(open);
+        // `append` only queues: the export is answered once its spans are committed.
+        intake.store.flush().await?;
         Ok(Exported { stored, rejected })
     }
 
     /// Stores the log records of an export as `otlp` lines of the execution's log.
-    pub async fn logs(&self, request: LogsRequest, intake: &Runtime) -> Result<(), StoreError> {
+    pub async fn logs(&self, request: LogsRequest, intake: &Runtime) -> Result<(), ExportError> {
+        let open = self.open.read().await;
+        if !*open {
+            return Err(ExportError::Ended);
+        }
         let max = intake.telemetry.max_attribute_bytes;
         self.recorder
             .logs(
                 crate::domain::LogStream::Otlp,
                 spans::log_lines(request, max),
             )
-            .await
+            .await?;
+        drop(open);
+        Ok(intake.store.flush().await?)
     }
 
     /// Accepts a metrics export. Its data points are not kept in the stream (the ledger counts
