@@ -579,3 +579,57 @@ async fn every_export_answered_ok_is_in_the_stream_and_the_final_usage() {
     assert_eq!(done["usage"]["llmCalls"], json!(accepted), "{done}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_may_name_itself_and_pace_its_exports_but_not_redirect_them() {
+    let files = tempfile::tempdir().unwrap();
+    let mut agent = common::otlp::otel_agent("otel", files.path());
+    let agentnexus::domain::Runtime::Process { env, .. } = &mut agent.runtime else {
+        unreachable!("a shell agent")
+    };
+    for (key, value) in [
+        ("OTEL_SERVICE_NAME", "my-agent"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://elsewhere.example:4318",
+        ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20mine"),
+        (
+            "TRACEPARENT",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+    ] {
+        env.insert(key.into(), value.into());
+    }
+    let mut server = common::TestServer::start(vec![agent]).await;
+    let client = server.client.clone();
+    let id = client.submit("otel", json!({})).await;
+    let t = Telemetry::of(files.path(), &id).await;
+    let given = std::fs::read_to_string(files.path().join(format!("{id}.env"))).unwrap();
+    assert!(
+        given.lines().any(|l| l == "OTEL_SERVICE_NAME=my-agent"),
+        "{given}"
+    );
+    assert!(
+        given.lines().any(|l| l == "OTEL_BSP_SCHEDULE_DELAY=200"),
+        "{given}"
+    );
+    assert_eq!(
+        t.endpoint, server.url,
+        "the runtime's endpoint, not the agent's"
+    );
+    assert_ne!(t.token, "mine");
+    assert!(
+        !t.traceparent.contains("0af7651916cd43dd8448eb211c80319c"),
+        "{}",
+        t.traceparent
+    );
+    let (status, _) = t
+        .export(PROTOBUF, traces(vec![span(t.trace_id(), 1, None, "step")]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    t.finish();
+    client.wait_terminal(&id, WAIT).await;
+    server.stop().await;
+}
