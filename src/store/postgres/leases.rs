@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::Type;
 
 use super::super::{Result, StoreError, rules};
-use super::reads::{EXECUTION_COLUMNS, read_execution};
+use super::reads::{EXECUTION_COLUMN_COUNT, EXECUTION_COLUMNS, read_execution};
 use super::writes::{insert_events, numbered};
 use super::{Persist, PostgresStore};
 use crate::domain::{ExecError, Execution, ExecutionId, Status, now_ms};
@@ -103,8 +103,8 @@ async fn try_claim(
         return Ok(None);
     };
     let execution = read_execution(&row)?;
-    let key: i64 = row.get(23);
-    let epoch: i64 = row.get(24);
+    let key: i64 = row.get(EXECUTION_COLUMN_COUNT);
+    let epoch: i64 = row.get(EXECUTION_COLUMN_COUNT + 1);
     let seq = execution.last_seq as i64;
     let event = rules::status_event(Status::Running, None, None, None, now).into();
     insert_events(&tx, key, seq, std::slice::from_ref(&event)).await?;

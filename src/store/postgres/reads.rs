@@ -13,6 +13,20 @@ pub(super) const EXECUTION_COLUMNS: &str = "id, agent_id, user_id, status, agent
     peak_memory_bytes, peak_cpu_percent, log_lines, log_lines_dropped, last_seq, \
     process_group, process_started, process_cgroup, replica_id, usage, error_budget";
 
+/// How many columns `EXECUTION_COLUMNS` names: the index of the first column a query returns
+/// after them.
+pub(super) const EXECUTION_COLUMN_COUNT: usize = {
+    let bytes = EXECUTION_COLUMNS.as_bytes();
+    let (mut i, mut columns) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            columns += 1;
+        }
+        i += 1;
+    }
+    columns
+};
+
 pub(super) async fn get_agent(store: &PostgresStore, id: &str) -> Result<Option<(Agent, bool)>> {
     let client = store.client().await?;
     let row = client
@@ -176,5 +190,6 @@ pub(super) fn read_execution(row: &Row) -> Result<Execution> {
         usage: row.get(23),
         error_budget: row.get(24),
     };
+    debug_assert_eq!(EXECUTION_COLUMN_COUNT, 25, "every column is read above");
     stored.into_execution()
 }
