@@ -151,6 +151,8 @@ impl Sink {
         let metrics = &intake.metrics.genai;
         metrics.attributes_truncated(converted.truncated_attributes);
         let (stored, rejected) = self.recorder.spans(converted.spans).await?;
+        // Appends are queued; the agent is answered once they are committed.
+        intake.store.flush().await?;
         Ok(Exported { stored, rejected })
     }
 
@@ -162,7 +164,8 @@ impl Sink {
                 crate::domain::LogStream::Otlp,
                 spans::log_lines(request, max),
             )
-            .await
+            .await?;
+        intake.store.flush().await
     }
 
     /// Accepts a metrics export. Its data points are not kept in the stream (the ledger counts
@@ -178,6 +181,10 @@ impl Sink {
 
     pub fn execution_id(&self) -> &ExecutionId {
         &self.recorder.execution().execution_id
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.recorder.execution().agent_id
     }
 }
 
