@@ -1,16 +1,17 @@
 //! Forwarding what the OTLP intake stored to another OTLP/HTTP endpoint (a Collector,
 //! Langfuse, Phoenix), with the execution's resource attributes added, through a bounded queue
-//! and one background task. Forwarding never holds an export back: a full queue drops the
-//! newest request (counted), and a slow or failing endpoint only delays the queue.
+//! and a background task that sends up to `CONCURRENT_SENDS` at once. Forwarding never holds
+//! an export back: a full queue drops the newest request (counted), and a slow or failing
+//! endpoint only delays the queue.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::otlp::{LogsRequest, MetricsRequest, TracesRequest};
 use crate::config::OtlpConfig;
@@ -19,6 +20,11 @@ use crate::metrics::Metrics;
 
 /// How long one forwarded request may take, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests in flight at once: enough to keep up with a busy intake over a link with some
+/// latency, few enough to be gentle with the endpoint. A request waits in the queue until one
+/// of them is free.
+pub const CONCURRENT_SENDS: usize = 4;
 
 /// Failures are logged at most this often (all are counted).
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -131,10 +137,10 @@ impl Forwarder {
                 .default_headers(headers(&config.forward_headers)?)
                 .build()?,
             metrics: metrics.clone(),
-            last_warned: None,
+            last_warned: Mutex::new(None),
         };
         let (queue, received) = mpsc::channel(config.forward_queue);
-        tokio::spawn(sender.run(received));
+        tokio::spawn(Arc::new(sender).run(received));
         tracing::info!(endpoint = %endpoint, "forwarding OTLP exports");
         Ok(Some(Forwarder { queue, metrics }))
     }
@@ -171,29 +177,46 @@ fn headers(
     Ok(headers)
 }
 
-/// The background task's state: sends queued exports one at a time.
+/// The background task's state: sends queued exports, `CONCURRENT_SENDS` at most at once.
 struct Sender {
     base: String,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
-    last_warned: Option<Instant>,
+    last_warned: Mutex<Option<Instant>>,
 }
 
 impl Sender {
-    async fn run(mut self, mut received: mpsc::Receiver<Queued>) {
-        while let Some(Queued {
+    /// Takes a request from the queue only once a send is free, so that a stalled endpoint
+    /// leaves the queue to fill (and drop) rather than piling up requests here.
+    async fn run(self: Arc<Self>, mut received: mpsc::Receiver<Queued>) {
+        let sends = Arc::new(Semaphore::new(CONCURRENT_SENDS));
+        loop {
+            let Ok(free) = sends.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(queued) = received.recv().await else {
+                return;
+            };
+            let sender = self.clone();
+            tokio::spawn(async move {
+                sender.forward(queued).await;
+                drop(free);
+            });
+        }
+    }
+
+    async fn forward(&self, queued: Queued) {
+        let Queued {
             mut export,
             attributes,
-        }) = received.recv().await
-        {
-            export.add_resource_attributes(&attributes);
-            let signal = export.signal();
-            match self.send(&export).await {
-                Ok(()) => self.metrics.forward.forwarded(signal),
-                Err(why) => {
-                    self.metrics.forward.failed(signal);
-                    self.warn(signal, &why);
-                }
+        } = queued;
+        export.add_resource_attributes(&attributes);
+        let signal = export.signal();
+        match self.send(&export).await {
+            Ok(()) => self.metrics.forward.forwarded(signal),
+            Err(why) => {
+                self.metrics.forward.failed(signal);
+                self.warn(signal, &why);
             }
         }
     }
@@ -214,11 +237,14 @@ impl Sender {
         }
     }
 
-    fn warn(&mut self, signal: &str, why: &str) {
-        if self.last_warned.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            return;
+    fn warn(&self, signal: &str, why: &str) {
+        {
+            let mut last = self.last_warned.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
-        self.last_warned = Some(Instant::now());
         tracing::warn!(
             signal,
             error = why,
