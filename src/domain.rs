@@ -248,6 +248,13 @@ impl Runtime {
         }
     }
 
+    /// The environment the agent's definition sets.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        match self {
+            Runtime::Process { env, .. } | Runtime::Docker { env, .. } => env,
+        }
+    }
+
     /// A docker runtime with every setting at its default.
     pub fn docker(image: &str, cmd: &[&str]) -> Runtime {
         Runtime::Docker {

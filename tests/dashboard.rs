@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use common::deploy::{compose_mount_source, dashboard, deploy, panels_by_row, yaml};
 use common::tools::{Tool, have};
+use serde_json::Value;
 
 #[test]
 fn grafana_provisioning_points_where_compose_mounts_the_files() {
@@ -172,3 +173,70 @@ fn the_dashboard_is_a_plain_provisionable_model_with_the_spec_panels() {
         );
     }
 }
+
+/// What agents' telemetry reported has its row, each panel on the series it is about, the
+/// per-agent ones following the Agent filter. (Their values: `monitoring_stack.rs`.)
+#[test]
+fn the_llm_usage_row_shows_each_genai_series() {
+    let by_row = panels_by_row(&dashboard());
+    let llm: Vec<&Value> = by_row
+        .iter()
+        .filter(|(row, _)| row == LLM_ROW)
+        .map(|(_, p)| p)
+        .collect();
+    let titles: Vec<&str> = llm.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, LLM_PANELS.map(|(t, _)| t), "the {LLM_ROW} row");
+    for ((title, metrics), panel) in LLM_PANELS.iter().zip(&llm) {
+        let exprs: Vec<&str> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap())
+            .collect();
+        assert_eq!(exprs.len(), metrics.len(), "{title}");
+        for (expr, metric) in exprs.iter().zip(*metrics) {
+            assert!(expr.contains(&format!("{metric}{{")), "{title}: {expr}");
+            let per_agent = !metric.starts_with("agentnexus_span");
+            assert_eq!(
+                expr.contains("agent_id=~\"$agent\""),
+                per_agent,
+                "{title}: {expr}"
+            );
+        }
+    }
+}
+
+const LLM_ROW: &str = "Agents' LLM usage";
+
+/// The panels of the LLM row in reading order, each with the series of its queries.
+const LLM_PANELS: [(&str, &[&str]); 7] = [
+    ("LLM Cost per Agent", &["agentnexus_genai_cost_usd_total"]),
+    ("Tokens per Model", &["agentnexus_genai_tokens_total"]),
+    (
+        "LLM Latency (p50/p95)",
+        &[
+            "agentnexus_genai_operation_duration_seconds_bucket",
+            "agentnexus_genai_operation_duration_seconds_bucket",
+        ],
+    ),
+    (
+        "LLM and Tool Calls",
+        &[
+            "agentnexus_genai_llm_calls_total",
+            "agentnexus_genai_tool_calls_total",
+        ],
+    ),
+    ("Budget Stops", &["agentnexus_budget_exceeded_total"]),
+    (
+        "Unpriced LLM Calls",
+        &["agentnexus_genai_unpriced_calls_total"],
+    ),
+    (
+        "Spans",
+        &[
+            "agentnexus_spans_ingested_total",
+            "agentnexus_spans_dropped_total",
+            "agentnexus_span_attributes_truncated_total",
+        ],
+    ),
+];

@@ -280,9 +280,9 @@ async fn a_hostile_burst_adds_no_series() {
     let added: Vec<String> = names(&after).difference(&names(&before)).cloned().collect();
     assert!(added.is_empty(), "hostile traffic added series: {added:#?}");
     assert_eq!(before.len(), after.len());
-    // The formula of docs/monitoring.md: 35 + 56·A + A·U + 2·R + H, here with one agent, one
-    // user (open mode) and nothing running; H is 1 per (method, route, status) and 15 per
-    // (method, route) seen.
+    // The formula of docs/monitoring.md: 38 + 56·A + A·U + 2·R + H + G, here with one agent,
+    // one user (open mode), nothing running and no telemetry (G = 0); H is 1 per (method,
+    // route, status) and 15 per (method, route) seen.
     assert_eq!(with_label(&after, "agent_id", "a").len(), per_agent(1));
     assert!(after.iter().all(|(_, l)| !l.contains_key("execution_id")));
     let http: Vec<_> = after
@@ -298,7 +298,7 @@ async fn a_hostile_burst_adds_no_series() {
         .filter(|(n, _)| n == "agentnexus_http_requests_total")
         .count();
     assert_eq!(http.len(), triples + 15 * pairs.len());
-    assert_eq!(after.len(), 35 + 56 + 1 + http.len());
+    assert_eq!(after.len(), 38 + 56 + 1 + http.len());
 }
 
 async fn define(server: &TestServer, id: &str, name: &str, price: &str, script: &str) {

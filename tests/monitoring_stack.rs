@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use common::deploy::{dashboard, deploy, panels_by_row, run, yaml};
-use common::prometheus::{Prometheus, mix_agents, run_mix, sample};
+use common::prometheus::{
+    Prometheus, by_label, expect_llm_usage_panel, mix_agents, report_llm_usage, run_mix, sample,
+    single,
+};
 use common::tools::{Tool, have};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -53,23 +56,34 @@ fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
 
     let rules = yaml("prometheus/alerts.yml");
     let tests = yaml("prometheus/alerts_test.yml");
-    let identity = |labels: &Value| -> String {
-        ["instance", "execution_id"]
-            .iter()
-            .map(|k| labels[k].as_str().unwrap_or("").to_owned())
+    // A series is told apart by the labels among these that its firing alerts carry (by
+    // `instance` and `execution_id` when they carry none, as the cluster-wide alerts).
+    let identity_keys = |alerts: &[Value]| -> Vec<&str> {
+        let carried: Vec<&str> = ["instance", "execution_id", "agent_id"]
+            .into_iter()
+            .filter(|k| alerts.iter().any(|a| a["exp_labels"].get(k).is_some()))
+            .collect();
+        if carried.is_empty() {
+            vec!["instance", "execution_id"]
+        } else {
+            carried
+        }
+    };
+    let identity = |labels: &Value, keys: &[&str]| -> String {
+        keys.iter()
+            .map(|k| labels[k].as_str().unwrap_or(""))
             .collect::<Vec<_>>()
             .join("/")
     };
-    let series_identity = |series: &str| -> String {
+    let series_identity = |series: &str, keys: &[&str]| -> String {
         let label = |k: &str| {
             series
                 .split(&format!("{k}=\""))
                 .nth(1)
                 .and_then(|rest| rest.split('"').next())
                 .unwrap_or("")
-                .to_owned()
         };
-        format!("{}/{}", label("instance"), label("execution_id"))
+        keys.iter().map(|k| label(k)).collect::<Vec<_>>().join("/")
     };
     let mut alerts = BTreeSet::new();
     for group in rules["groups"].as_array().unwrap() {
@@ -118,6 +132,10 @@ fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
         "AgentNexusDatabaseDown",
         "AgentNexusDown",
         "AgentNexusSlowConsumerStorm",
+        "AgentNexusAgentCostRateHigh",
+        "AgentNexusBudgetStops",
+        "AgentNexusLLMCallsUnpriced",
+        "AgentNexusSpansDropped",
     ] {
         assert!(alerts.contains(wanted), "no alert {wanted}");
     }
@@ -125,12 +143,7 @@ fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
     let mut fires = BTreeSet::new();
     let mut silent_before = BTreeSet::new();
     for test in tests["tests"].as_array().unwrap() {
-        let inputs: BTreeSet<String> = test["input_series"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| series_identity(s["series"].as_str().unwrap()))
-            .collect();
+        let series = test["input_series"].as_array().unwrap();
         for case in test["alert_rule_test"].as_array().unwrap() {
             let name = case["alertname"].as_str().unwrap().to_owned();
             let expected = case["exp_alerts"].as_array().cloned().unwrap_or_default();
@@ -138,9 +151,14 @@ fn every_alert_has_passing_unit_tests_that_fire_on_a_bad_series_only() {
                 silent_before.insert(name);
                 continue;
             }
+            let keys = identity_keys(&expected);
+            let inputs: BTreeSet<String> = series
+                .iter()
+                .map(|s| series_identity(s["series"].as_str().unwrap(), &keys))
+                .collect();
             let firing: BTreeSet<String> = expected
                 .iter()
-                .map(|a| identity(&a["exp_labels"]))
+                .map(|a| identity(&a["exp_labels"], &keys))
                 .collect();
             // At least one input series (a healthy one) must be absent from the firing list,
             // which promtool checks exhaustively.
@@ -243,23 +261,6 @@ fn substitute(expr: &str, agent: &str) -> String {
     out
 }
 
-fn by_label(result: &[Value], label: &str) -> BTreeMap<String, f64> {
-    result
-        .iter()
-        .map(|s| {
-            (
-                s["metric"][label].as_str().unwrap_or("").to_owned(),
-                sample(s),
-            )
-        })
-        .collect()
-}
-
-fn single(result: &[Value], what: &str) -> f64 {
-    assert_eq!(result.len(), 1, "{what}: {result:?}");
-    sample(&result[0])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() {
     if !have(Tool::Prometheus) {
@@ -275,6 +276,13 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
     let alerts = deploy("prometheus/alerts.yml");
     let prometheus = Prometheus::start(server.url.trim_start_matches("http://"), &[&alerts]);
     prometheus.wait_for("up{job=\"agentnexus\"}", 1.0).await;
+    // Agents' telemetry, counted as the span intake counts it: once now and once after the mix,
+    // so that every GenAI counter grows between scrapes.
+    let metrics = server.server.as_ref().unwrap().runtime().metrics().clone();
+    report_llm_usage(&metrics);
+    prometheus
+        .wait_for("sum(agentnexus_spans_ingested_total)", 3.0)
+        .await;
 
     run_mix(client).await;
     let mut holds = Vec::new();
@@ -297,6 +305,10 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
         }
     }
     assert_eq!(running.len(), 3);
+    report_llm_usage(&metrics);
+    prometheus
+        .wait_for("sum(agentnexus_spans_ingested_total)", 6.0)
+        .await;
     // Two more scrapes, so that rates see the final values.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -344,6 +356,11 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
                 "panel \"{title}\" shows no data: its query returned nothing: {expr}"
             );
             results.push(result);
+        }
+        if row == "Agents' LLM usage" {
+            expect_llm_usage_panel(&title, &results);
+            checked.insert(title);
+            continue;
         }
         let r = &results[0];
         match title.as_str() {
@@ -479,17 +496,20 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
     assert!(checked.len() >= 14, "{checked:?}");
 
     // The agent filter narrows the panels to the chosen agent.
-    let total = d["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["title"] == "Total Executions")
-        .unwrap();
-    let expr = substitute(total["targets"][0]["expr"].as_str().unwrap(), "ok");
-    assert_eq!(single(&prometheus.query(&expr).await, "filtered"), 6.0);
+    let expr = |title: &str, agent: &str| {
+        let panels = d["panels"].as_array().unwrap();
+        let panel = panels.iter().find(|p| p["title"] == title).unwrap();
+        substitute(panel["targets"][0]["expr"].as_str().unwrap(), agent)
+    };
+    let total = prometheus.query(&expr("Total Executions", "ok")).await;
+    assert_eq!(single(&total, "filtered"), 6.0);
+    let unpriced = prometheus.query(&expr("Unpriced LLM Calls", "ok")).await;
+    assert!(unpriced.is_empty(), "filtered: {unpriced:?}");
 
-    // The shipped rules load and evaluate without error against the real metrics, and the
-    // failure-rate alert sees the mix's 25% failures (pending: its `for` is 5 minutes).
+    // The shipped rules load and evaluate without error against the real metrics, the
+    // failure-rate alert sees the mix's 25% failures (pending: its `for` is 5 minutes), and the
+    // GenAI alerts the reported usage calls for (`bad`'s budget stop and unpriced calls, the
+    // dropped span) are active; the cost rate is far under its threshold.
     let deadline = Instant::now() + WAIT;
     loop {
         let groups = prometheus.api("rules", &[]).await["groups"].clone();
@@ -519,9 +539,16 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
             })
             .collect();
         let evaluated = rules.iter().all(|r| r["health"] == "ok");
-        if evaluated && active.contains_key("AgentNexusHighFailureRate") {
+        let mut expected: BTreeSet<String> = [
+            "AgentNexusHighFailureRate",
+            "AgentNexusBudgetStops",
+            "AgentNexusLLMCallsUnpriced",
+            "AgentNexusSpansDropped",
+        ]
+        .map(str::to_owned)
+        .into();
+        if evaluated && expected.iter().all(|a| active.contains_key(a)) {
             let docker_down = prometheus.value("agentnexus_docker_healthy").await == Some(0.0);
-            let mut expected = BTreeSet::from(["AgentNexusHighFailureRate".to_owned()]);
             if docker_down {
                 expected.insert("AgentNexusDockerDown".to_owned());
             }
@@ -532,7 +559,7 @@ async fn every_dashboard_query_returns_the_expected_data_from_real_prometheus() 
         }
         assert!(
             Instant::now() < deadline,
-            "the failure-rate alert never became active: {active:?}"
+            "the expected alerts never became active: {active:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

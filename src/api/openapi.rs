@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{agents, executions, health, index, metrics, ws};
+use super::{agents, executions, health, index, metrics, otlp, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,9 @@ use super::{agents, executions, health, index, metrics, ws};
         metrics::text,
         metrics::json,
         ws::upgrade,
+        otlp::traces,
+        otlp::metrics,
+        otlp::logs,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes, &HealthAlias, &ClosedRuntimes, &OpenModeRefusals),
@@ -54,6 +57,7 @@ use super::{agents, executions, health, index, metrics, ws};
         (name = "health", description = "Probes"),
         (name = "metrics", description = "Prometheus metrics"),
         (name = "meta", description = "This document, and where everything is"),
+        (name = "telemetry", description = "OTLP/HTTP export of a running execution's telemetry, with the token the execution was given"),
     ),
 )]
 pub struct ApiDoc;
@@ -80,6 +84,17 @@ impl Modify for SecuritySchemes {
                 "token",
                 "The same API key as a query parameter",
             ))),
+        );
+        components.add_security_scheme(
+            "telemetry",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A running execution's telemetry token, as its OTEL_EXPORTER_OTLP_HEADERS give it",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use super::AppState;
 use super::error::{ErrorBody, ErrorCode};
 use crate::config::OtlpConfig;
-use crate::runtime::Sink;
+use crate::runtime::{ExportError, Sink};
 use crate::store::StoreError;
 use crate::telemetry::forward::{Export, Forwarder};
 use crate::telemetry::otlp::{
@@ -149,6 +149,30 @@ impl IntoResponse for OtlpError {
 }
 
 /// Export spans: they become `span` events of the token's execution.
+#[utoipa::path(
+    post, path = "/v1/traces", tag = "telemetry", operation_id = "exportTraces",
+    request_body(
+        description = "An OTLP ExportTraceServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Stored; `partialSuccess.rejectedSpans` counts spans over the execution's span budget", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn traces(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -159,7 +183,7 @@ pub async fn traces(
     let exported = sink
         .traces(request, &state.runtime)
         .await
-        .map_err(|e| store_error(e, encoding))?;
+        .map_err(|e| export_error(e, encoding))?;
     state.otlp.forward(copy.map(Export::Traces), &sink);
     Ok(success(
         encoding,
@@ -168,6 +192,30 @@ pub async fn traces(
 }
 
 /// Export log records: they become `otlp` lines of the token's execution's log.
+#[utoipa::path(
+    post, path = "/v1/logs", tag = "telemetry", operation_id = "exportLogs",
+    request_body(
+        description = "An OTLP ExportLogsServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Stored as `otlp` log lines", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -177,12 +225,36 @@ pub async fn logs(
     let copy = state.otlp.copy_to_forward(&request);
     sink.logs(request, &state.runtime)
         .await
-        .map_err(|e| store_error(e, encoding))?;
+        .map_err(|e| export_error(e, encoding))?;
     state.otlp.forward(copy.map(Export::Logs), &sink);
     Ok(success(encoding, otlp::empty_response(encoding)))
 }
 
 /// Export metrics: accepted (and forwarded when forwarding is on); usage is counted from spans.
+#[utoipa::path(
+    post, path = "/v1/metrics", tag = "telemetry", operation_id = "exportMetrics",
+    request_body(
+        description = "An OTLP ExportMetricsServiceRequest, protobuf or JSON, optionally gzip (`Content-Encoding`)",
+        content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        ),
+    ),
+    security(("telemetry" = [])),
+    responses(
+        (status = 200, description = "Accepted", content(
+            (Vec<u8> = "application/x-protobuf"),
+            (serde_json::Value = "application/json"),
+        )),
+        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
+    ),
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -284,6 +356,19 @@ fn body_error(e: BodyError, encoding: Encoding) -> OtlpError {
         _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
     };
     OtlpError::new(status, code, e.to_string(), encoding)
+}
+
+/// An export that met the end of its run is told as one that came after it (401).
+fn export_error(e: ExportError, encoding: Encoding) -> OtlpError {
+    match e {
+        ExportError::Ended => OtlpError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "the execution of this telemetry token has ended",
+            encoding,
+        ),
+        ExportError::Store(e) => store_error(e, encoding),
+    }
 }
 
 /// A store that cannot take the spans now is worth a retry (503); an execution whose stream

@@ -308,7 +308,7 @@ fn print_event(event: &Value, json: bool) -> Option<Status> {
             let line = data["log"].as_str().unwrap_or_default();
             match data["stream"].as_str() {
                 Some("stdout") => println!("{line}"),
-                Some("stderr") => eprintln!("{line}"),
+                Some("stderr") | Some("otlp") => eprintln!("{line}"),
                 _ => eprintln!("[agentnexus] {line}"),
             }
         }
@@ -319,8 +319,57 @@ fn print_event(event: &Value, json: bool) -> Option<Status> {
             }
             eprintln!("{}", dim(&line));
         }
+        Some("span") => eprintln!("{}", dim(&span_line(data))),
         // Metrics, and kinds added after this client was built, are for --json readers.
         _ => {}
     }
     status
+}
+
+/// A span in one line: its name, duration, model and tokens when it has them
+/// (`-- span chat gpt-4o 1250 ms, 120 in / 40 out tokens`).
+fn span_line(data: &Value) -> String {
+    let attributes = &data["attributes"];
+    let mut line = format!("-- span {}", text(&data["name"]));
+    if let (Some(start), Some(end)) = (data["startTimeMs"].as_i64(), data["endTimeMs"].as_i64()) {
+        line += &format!(" {} ms", end.saturating_sub(start));
+    }
+    let model = attributes["gen_ai.response.model"]
+        .as_str()
+        .or(attributes["gen_ai.request.model"].as_str());
+    if let Some(model) = model {
+        line += &format!(", {model}");
+    }
+    let tokens = |key: &str| attributes[key].as_u64();
+    if let (Some(input), Some(output)) = (
+        tokens("gen_ai.usage.input_tokens"),
+        tokens("gen_ai.usage.output_tokens"),
+    ) {
+        line += &format!(", {input} in / {output} out tokens");
+    }
+    if data["status"]["code"] == "ERROR" {
+        line += " (error)";
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_reads_as_one_line_with_its_model_and_tokens() {
+        let span = json!({
+            "name": "chat gpt-4o", "startTimeMs": 1000, "endTimeMs": 2250,
+            "status": {"code": "ERROR"},
+            "attributes": {"gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-2024-08-06",
+                           "gen_ai.usage.input_tokens": 120, "gen_ai.usage.output_tokens": 40}
+        });
+        assert_eq!(
+            span_line(&span),
+            "-- span chat gpt-4o 1250 ms, gpt-4o-2024-08-06, 120 in / 40 out tokens (error)"
+        );
+        let bare = json!({"name": "tool", "status": {"code": "UNSET"}, "attributes": {}});
+        assert_eq!(span_line(&bare), "-- span tool");
+    }
 }

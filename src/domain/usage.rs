@@ -164,12 +164,13 @@ pub struct Budget {
     )]
     #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
+    /// US dollars as a decimal string; `"0"` allows no priced call at all.
     #[serde(
         default,
         alias = "max_cost_usd",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]+(\.[0-9]+)?$", max_length = 29)]
     pub max_cost_usd: Option<Usd>,
     #[serde(
         default,
@@ -287,9 +288,6 @@ impl Budget {
         .find(|(_, v)| *v == Some(0));
         if let Some((name, _)) = zero {
             return Err(format!("budget.{name} must be at least 1"));
-        }
-        if self.max_cost_usd == Some(Usd::ZERO) {
-            return Err("budget.maxCostUsd must be more than 0".into());
         }
         if self.max_wall_secs.is_some_and(|s| s > 604_800) {
             return Err("budget.maxWallSecs must be at most 604800 (7 days)".into());

@@ -23,7 +23,7 @@ mod telemetry;
 mod transition;
 
 pub use access::Caller;
-pub use telemetry::{Exported, Sink};
+pub use telemetry::{ExportError, Exported, Sink};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use crate::domain::{BudgetLimit, ExecError, Execution, Runtime as AgentRuntime, 
 use crate::executor::{Executor, Exit, Job, RunOutcome};
 use crate::stream::Recorder;
 
-use super::telemetry::TraceRoot;
+use super::telemetry::Registration;
 use super::transition::Change;
 use super::{Result, Runtime};
 
@@ -105,7 +105,7 @@ impl Runtime {
             &recorder,
             started,
             Some(permit),
-            Some(&intake.root),
+            Some(intake),
         )
         .await
     }
@@ -123,7 +123,8 @@ impl Runtime {
 
     /// Sees an executor's run to its end within `timeout` and its budget (stopping it when
     /// either is passed), frees the concurrency slot, and records how the execution ended,
-    /// after its root span (`root`) when its telemetry intake was open.
+    /// after its root span when it had a telemetry intake (closed first, so that the usage
+    /// recorded is final).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn finish_run(
         &self,
@@ -134,7 +135,7 @@ impl Runtime {
         recorder: &Recorder,
         started: Instant,
         permit: Option<OwnedSemaphorePermit>,
-        root: Option<&TraceRoot>,
+        intake: Option<Registration<'_>>,
     ) -> Result<()> {
         tokio::pin!(run);
         let outcome = tokio::select! {
@@ -152,10 +153,14 @@ impl Runtime {
             }
         };
         drop(permit);
+        let root = match intake {
+            Some(intake) => Some(intake.close().await),
+            None => None,
+        };
         let mut change = ended(outcome, handle, execution.agent.timeout_secs);
         change.stats = Some(recorder.stats());
         change.ran_for = Some(started.elapsed());
-        if let Some(root) = root {
+        if let Some(root) = &root {
             self.record_root_span(recorder, root, change.to).await;
         }
         let recorded = self.transition(execution, Status::Running, change).await;

@@ -31,6 +31,20 @@ pub(super) struct TelemetryIntake {
 pub struct Sink {
     recorder: Arc<Recorder>,
     root: TraceRoot,
+    /// False once the run is over. An export holds it read while its events are queued, so
+    /// closing waits for those under way: each export answered OK is in the stream and in the
+    /// final usage, or is refused.
+    open: tokio::sync::RwLock<bool>,
+}
+
+/// Why an export was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The run ended while the export was on its way: its token opens nothing any more.
+    #[error("the execution has ended")]
+    Ended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The runtime's root span of one execution: every span its agent exports without a parent
@@ -46,7 +60,17 @@ pub struct TraceRoot {
 pub(super) struct Registration<'a> {
     intake: &'a TelemetryIntake,
     digest: KeyDigest,
-    pub(super) root: TraceRoot,
+    sink: Arc<Sink>,
+}
+
+impl Registration<'_> {
+    /// Ends the run's intake once the exports under way are queued, before its usage is read
+    /// and its end recorded; returns its trace root.
+    pub(super) async fn close(self) -> TraceRoot {
+        self.intake.sinks.lock().unwrap().remove(&self.digest);
+        *self.sink.open.write().await = false;
+        self.sink.root.clone()
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -86,18 +110,31 @@ impl TelemetryIntake {
         let digest = KeyDigest::of(&token);
         let sink = Arc::new(Sink {
             recorder: recorder.clone(),
-            root: root.clone(),
+            root,
+            open: tokio::sync::RwLock::new(true),
         });
-        self.sinks.lock().unwrap().insert(digest, sink);
+        self.sinks.lock().unwrap().insert(digest, sink.clone());
         let execution = recorder.execution();
-        let env = vec![
+        // Defaults the agent's own environment may change: spans every second rather than the
+        // SDKs' 5 s (they are shown live, and a budget is checked as they arrive), and its name.
+        let defaults = [
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000".to_owned()),
+            ("OTEL_SERVICE_NAME", execution.agent_id.clone()),
+        ];
+        let own = execution.agent.runtime.env();
+        let mut env: Vec<(String, String)> = defaults
+            .into_iter()
+            .filter(|(key, _)| !own.contains_key(*key))
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        // Where it exports and as what: the runtime's alone.
+        env.extend([
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), self.endpoint.clone()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS".into(),
                 format!("authorization=Bearer%20{token}"),
             ),
-            ("OTEL_SERVICE_NAME".into(), execution.agent_id.clone()),
             (
                 "OTEL_RESOURCE_ATTRIBUTES".into(),
                 format!(
@@ -107,13 +144,13 @@ impl TelemetryIntake {
             ),
             (
                 "TRACEPARENT".into(),
-                format!("00-{}-{}-01", root.trace_id, root.span_id),
+                format!("00-{}-{}-01", sink.root.trace_id, sink.root.span_id),
             ),
-        ];
+        ]);
         let registration = Registration {
             intake: self,
             digest,
-            root,
+            sink,
         };
         (registration, env)
     }
@@ -142,7 +179,11 @@ impl Sink {
         &self,
         request: TracesRequest,
         intake: &Runtime,
-    ) -> Result<Exported, StoreError> {
+    ) -> Result<Exported, ExportError> {
+        let open = self.open.read().await;
+        if !*open {
+            return Err(ExportError::Ended);
+        }
         let converted = spans::spans(
             request,
             &self.root.span_id,
@@ -151,13 +192,18 @@ impl Sink {
         let metrics = &intake.metrics.genai;
         metrics.attributes_truncated(converted.truncated_attributes);
         let (stored, rejected) = self.recorder.spans(converted.spans).await?;
-        // Appends are queued; the agent is answered once they are committed.
+        drop(open);
+        // `append` only queues: the export is answered once its spans are committed.
         intake.store.flush().await?;
         Ok(Exported { stored, rejected })
     }
 
     /// Stores the log records of an export as `otlp` lines of the execution's log.
-    pub async fn logs(&self, request: LogsRequest, intake: &Runtime) -> Result<(), StoreError> {
+    pub async fn logs(&self, request: LogsRequest, intake: &Runtime) -> Result<(), ExportError> {
+        let open = self.open.read().await;
+        if !*open {
+            return Err(ExportError::Ended);
+        }
         let max = intake.telemetry.max_attribute_bytes;
         self.recorder
             .logs(
@@ -165,7 +211,8 @@ impl Sink {
                 spans::log_lines(request, max),
             )
             .await?;
-        intake.store.flush().await
+        drop(open);
+        Ok(intake.store.flush().await?)
     }
 
     /// Accepts a metrics export. Its data points are not kept in the stream (the ledger counts
@@ -194,13 +241,17 @@ impl Runtime {
         self.telemetry.sink(token)
     }
 
-    /// Records the execution's root span, from its start to now, before its final status.
+    /// Records the execution's root span, from its start to now, before its final status, if
+    /// the agent exported spans (one that did not pays nothing, not even this event).
     pub(super) async fn record_root_span(
         &self,
         recorder: &Recorder,
         root: &TraceRoot,
         ended: Status,
     ) {
+        if !recorder.has_spans() {
+            return;
+        }
         let execution = recorder.execution();
         let mut attributes = serde_json::Map::new();
         attributes.insert(

@@ -175,6 +175,12 @@ impl Recorder {
         self.breach.get()
     }
 
+    /// Whether the agent exported any span.
+    pub fn has_spans(&self) -> bool {
+        let t = self.telemetry.lock().unwrap();
+        t.spans + t.dropped > 0
+    }
+
     /// The usage its telemetry reported so far.
     pub fn usage(&self) -> Usage {
         self.telemetry.lock().unwrap().ledger.usage().clone()

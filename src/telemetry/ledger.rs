@@ -2,7 +2,7 @@
 //! telemetry, by model, checked against its budget.
 //!
 //! Which spans count, after the OpenTelemetry GenAI semantic conventions:
-//! - `gen_ai.operation.name` = `execute_tool`: one tool call, no tokens.
+//! - `gen_ai.operation.name` = `execute_tool`: one tool call, no tokens, never priced.
 //! - An inference span, one LLM call whose tokens count: operation `chat`, `text_completion`,
 //!   `generate_content` or `embeddings`, or a span without an operation name that carries
 //!   `gen_ai.usage.input_tokens` or `output_tokens` (or their older names) and a `gen_ai.system`
@@ -13,8 +13,8 @@
 //! Tokens: `gen_ai.usage.input_tokens` (or `prompt_tokens`), `gen_ai.usage.output_tokens` (or
 //! `completion_tokens`), `gen_ai.usage.cache_read.input_tokens` (or `cache_read_input_tokens`),
 //! `gen_ai.usage.cache_creation.input_tokens` (or `cache_creation_input_tokens`) and
-//! `gen_ai.usage.reasoning.output_tokens` (or `reasoning_tokens`); the current name wins when a
-//! span carries both. A count is a whole non-negative JSON number or a string of digits; anything
+//! `gen_ai.usage.reasoning.output_tokens` (or `reasoning_tokens`); the current name wins when both
+//! are readable. A count is a whole non-negative JSON number or a string of digits; anything
 //! else counts as 0. Input includes the cache parts and output the reasoning part (the OpenAI
 //! usage shape), so the parts are never added to the totals again. Counts saturate at `u64::MAX`.
 //!
@@ -577,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cost_past_28_digits_stays_where_it_was() {
+    fn a_call_costing_past_28_digits_adds_no_cost_and_its_model_stays_priced() {
         let price = serde_json::from_value(json!({"model": "dear",
             "input_usd_per_mtok": "100000000000000000000", "output_usd_per_mtok": "1"}))
         .unwrap();

@@ -9,6 +9,8 @@ pub mod deploy;
 pub mod docker;
 pub mod faults;
 pub mod nats;
+pub mod openai;
+pub mod otlp;
 pub mod postgres;
 pub mod prometheus;
 pub mod tools;

@@ -12,6 +12,9 @@ pub enum Tool {
     Python3,
     /// PyYAML, through which the monitoring-stack tests read YAML.
     PyYaml,
+    /// The OpenTelemetry SDK with its OTLP/HTTP exporter, the official OpenAI instrumentation
+    /// and the OpenAI client: agents instrumented as real ones are.
+    OtelPython,
     /// The Autobahn WebSocket conformance runner.
     Kosoku,
     /// Offline schema validation of the Kubernetes manifests.
@@ -39,6 +42,9 @@ impl Tool {
         match self {
             Tool::Python3 => "python3",
             Tool::PyYaml => "PyYAML",
+            Tool::OtelPython => {
+                "python3 with opentelemetry-sdk, its OTLP/HTTP exporter, the openai-v2 instrumentation and openai"
+            }
             Tool::Kosoku => "kosoku",
             Tool::KubernetesValidate => "kubernetes-validate",
             Tool::Promtool => "promtool",
@@ -56,6 +62,8 @@ impl Tool {
         match self {
             Tool::Python3 => "apt-get install python3",
             Tool::PyYaml => "pip install PyYAML",
+            // Unpinned, pip picks versions that do not work together.
+            Tool::OtelPython => "pip install the versions scripts/test pins",
             Tool::Kosoku => "pip install kosoku",
             Tool::KubernetesValidate => "pip install kubernetes-validate",
             Tool::Promtool | Tool::Prometheus => "apt-get install prometheus",
@@ -71,6 +79,7 @@ impl Tool {
     fn present(self) -> bool {
         match self {
             Tool::PyYaml => succeeds("python3", &["-c", "import yaml"]),
+            Tool::OtelPython => otel_python().is_some(),
             Tool::NodeWs => {
                 succeeds("node", &["--version"]) && Path::new(NODE_PATH).join("ws").exists()
             }
@@ -103,6 +112,25 @@ pub fn have(tool: Tool) -> bool {
             tool.name(),
             tool.install_hint()
         ))
+}
+
+/// What an instrumented Python agent imports (see `tests/agents/openai_chat.py`).
+const OTEL_IMPORTS: &str = "import opentelemetry.sdk.trace, \
+    opentelemetry.exporter.otlp.proto.http.trace_exporter, \
+    opentelemetry.instrumentation.openai_v2, openai, sys; print(sys.executable)";
+
+/// The `python3` on `PATH` (the tests' virtualenv under `scripts/test`) if it has what an
+/// instrumented agent imports, as an absolute path: the command of such an agent, which runs
+/// with the executor's environment, not the test's.
+pub fn otel_python() -> Option<std::path::PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", OTEL_IMPORTS])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !path.trim().is_empty()).then(|| path.trim().into())
 }
 
 /// Whether `program` is found on `PATH` (a shell's `command -v`).
