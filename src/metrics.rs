@@ -12,6 +12,7 @@
 mod agents;
 mod bus;
 mod cluster;
+mod forward;
 mod genai;
 mod store;
 
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub store: StoreSeries,
     /// What agents' telemetry reported (tokens, cost, calls) and the span intake.
     pub genai: genai::GenAiSeries,
+    /// The forwarding of OTLP exports to `otlp.forward_endpoint`.
+    pub forward: forward::ForwardSeries,
     /// Present on a replica that shares its database with others (`Metrics::shared`).
     pub cluster: Option<ClusterSeries>,
     pub websocket_connections: Gauge,
@@ -113,6 +116,7 @@ impl Metrics {
         let agents = agents::AgentSeries::new(&mut registry, shared.is_none());
         let store = StoreSeries::new(&mut registry);
         let genai = genai::GenAiSeries::new(&mut registry);
+        let forward = forward::ForwardSeries::new(&mut registry);
         let websocket_connections = Gauge::default();
         let docker_healthy = Gauge::default();
         let container_memory = Family::default();
@@ -216,6 +220,7 @@ impl Metrics {
             agents,
             store,
             genai,
+            forward,
             cluster,
             websocket_connections,
             docker_healthy,

@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::runtime::{self, Backends, QueueMode, Runtime};
 use crate::site::SiteError;
 use crate::store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
+use crate::telemetry::forward::{ForwardError, Forwarder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,6 +36,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Bus(#[from] NatsError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
 /// How often a follower re-reads a shared database when no NATS carries other replicas'
@@ -182,7 +185,10 @@ impl Server {
             websocket: Arc::new(config.websocket.clone()),
             connections: connections.clone(),
             sites,
-            otlp: Arc::new(api::otlp::OtlpIngest::new(&config.otlp)),
+            otlp: Arc::new(
+                api::otlp::OtlpIngest::new(&config.otlp)
+                    .forwarding(Forwarder::start(&config.otlp, runtime.metrics().clone())?),
+            ),
         };
         if let Some(metrics_addr) = config.metrics_bind {
             let (listener, bound) = bind(metrics_addr).await?;

@@ -3,7 +3,8 @@
 //! the bearer token the runtime gave the execution. A request is read whole (within the size
 //! cap, also once inflated), decoded, and answered only once what it carries is stored.
 //! Errors follow the OTLP specification: a `google.rpc.Status` in the request's encoding (for
-//! JSON with this API's `error` object beside it), `Retry-After` on 429 and 503.
+//! JSON with this API's `error` object beside it), `Retry-After` on 429 and 503. Once stored,
+//! a request is offered to the `Forwarder` when forwarding is on.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use super::error::{ErrorBody, ErrorCode};
 use crate::config::OtlpConfig;
 use crate::runtime::{ExportError, Sink};
 use crate::store::StoreError;
+use crate::telemetry::forward::{Export, Forwarder};
 use crate::telemetry::otlp::{
     self, BodyError, Encoding, LogsRequest, MetricsRequest, RpcStatus, TracesRequest,
 };
@@ -31,10 +33,11 @@ use crate::telemetry::otlp::{
 /// `max_body_bytes` twice (compressed and inflated), so this bounds the intake's memory.
 const CONCURRENT_REQUESTS: usize = 16;
 
-/// The intake's bounds.
+/// The intake's bounds, and where what it stores is forwarded.
 pub struct OtlpIngest {
     max_body_bytes: usize,
     slots: Semaphore,
+    forwarder: Option<Forwarder>,
 }
 
 impl OtlpIngest {
@@ -42,6 +45,24 @@ impl OtlpIngest {
         OtlpIngest {
             max_body_bytes: config.max_body_bytes,
             slots: Semaphore::new(CONCURRENT_REQUESTS),
+            forwarder: None,
+        }
+    }
+
+    /// Forwards what is stored through `forwarder` (`None`: forwarding is off).
+    pub fn forwarding(self, forwarder: Option<Forwarder>) -> OtlpIngest {
+        OtlpIngest { forwarder, ..self }
+    }
+
+    /// A copy of `request` to forward once it is stored, when forwarding is on.
+    fn copy_to_forward<T: Clone>(&self, request: &T) -> Option<T> {
+        self.forwarder.as_ref().map(|_| request.clone())
+    }
+
+    /// Offers a stored request of `sink`'s execution to the forwarder.
+    fn forward(&self, export: Option<Export>, sink: &Sink) {
+        if let (Some(forwarder), Some(export)) = (&self.forwarder, export) {
+            forwarder.offer(export, sink.execution_id(), sink.agent_id());
         }
     }
 
@@ -158,10 +179,12 @@ pub async fn traces(
     body: Body,
 ) -> Result<Response, OtlpError> {
     let (sink, request, encoding, _slot) = accept::<TracesRequest>(&state, &headers, body).await?;
+    let copy = state.otlp.copy_to_forward(&request);
     let exported = sink
         .traces(request, &state.runtime)
         .await
         .map_err(|e| export_error(e, encoding))?;
+    state.otlp.forward(copy.map(Export::Traces), &sink);
     Ok(success(
         encoding,
         otlp::traces_response(encoding, exported.rejected),
@@ -199,9 +222,11 @@ pub async fn logs(
     body: Body,
 ) -> Result<Response, OtlpError> {
     let (sink, request, encoding, _slot) = accept::<LogsRequest>(&state, &headers, body).await?;
+    let copy = state.otlp.copy_to_forward(&request);
     sink.logs(request, &state.runtime)
         .await
         .map_err(|e| export_error(e, encoding))?;
+    state.otlp.forward(copy.map(Export::Logs), &sink);
     Ok(success(encoding, otlp::empty_response(encoding)))
 }
 
@@ -237,6 +262,7 @@ pub async fn metrics(
 ) -> Result<Response, OtlpError> {
     let (sink, request, encoding, _slot) = accept::<MetricsRequest>(&state, &headers, body).await?;
     sink.metrics(&request);
+    state.otlp.forward(Some(Export::Metrics(request)), &sink);
     Ok(success(encoding, otlp::empty_response(encoding)))
 }
 

@@ -229,6 +229,10 @@ impl Sink {
     pub fn execution_id(&self) -> &ExecutionId {
         &self.recorder.execution().execution_id
     }
+
+    pub fn agent_id(&self) -> &str {
+        &self.recorder.execution().agent_id
+    }
 }
 
 impl Runtime {

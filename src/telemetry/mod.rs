@@ -4,6 +4,7 @@
 //! calls and cost from its spans and checks them against its budget; `forward` sends what was
 //! received on to another OTLP endpoint, if configured.
 
+pub mod forward;
 pub mod ledger;
 pub mod otlp;
 pub mod prices;

@@ -64,6 +64,15 @@ pub(super) async fn ensure_image(
     }
 }
 
+/// On a network of its own (a bridge), the container reaches the host as
+/// `host.docker.internal`, as Docker Desktop provides: where an `otlp.endpoint` can name it.
+/// Not with `none`, `host` (the host's own names apply) or another container's network, which
+/// refuses host entries.
+fn host_gateway(network: &str) -> Option<Vec<String>> {
+    let own = !matches!(network, "none" | "host") && !network.starts_with("container:");
+    own.then(|| vec!["host.docker.internal:host-gateway".to_owned()])
+}
+
 /// Creates the container of a job (not started); returns its id.
 pub(super) async fn create(docker: &Docker, job: &Job) -> Result<String, ExecError> {
     let Runtime::Docker {
@@ -102,6 +111,7 @@ pub(super) async fn create(docker: &Docker, job: &Job) -> Result<String, ExecErr
         nano_cpus: Some((cpu_quota * 1e9) as i64),
         pids_limit: Some(i64::try_from(*pids_limit).unwrap_or(i64::MAX)),
         network_mode: Some(network.clone()),
+        extra_hosts: host_gateway(network),
         readonly_rootfs: Some(true),
         tmpfs: Some(HashMap::from([(
             "/tmp".to_owned(),
