@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use utoipa::openapi::schema::{AdditionalProperties, Schema};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -48,7 +50,7 @@ use super::{agents, executions, health, index, metrics, otlp, ws};
         otlp::logs,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes, &HealthAlias, &ClosedRuntimes, &OpenModeRefusals),
+    modifiers(&SecuritySchemes, &HealthAlias, &ClosedRuntimes, &OtlpErrors, &OpenModeRefusals),
     security(("bearer" = []), ("token" = [])),
     tags(
         (name = "agents", description = "Agent definitions and their revenue"),
@@ -130,6 +132,42 @@ impl Modify for ClosedRuntimes {
             if let RefOr::T(Schema::Object(object)) = variant {
                 object.additional_properties =
                     Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+}
+
+/// Every OTLP route answers its errors alike (`otlp::ERROR_RESPONSES`), as a `google.rpc.Status`
+/// in protobuf or JSON.
+struct OtlpErrors;
+
+impl Modify for OtlpErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let protobuf = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .build();
+        let json = ObjectBuilder::new().schema_type(Type::Object).build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let Some(operation) = item.post.as_mut().filter(|_| path.starts_with("/v1/")) else {
+                continue;
+            };
+            for (status, description) in otlp::ERROR_RESPONSES {
+                let response = ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/x-protobuf",
+                        ContentBuilder::new().schema(Some(protobuf.clone())).build(),
+                    )
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(json.clone())).build(),
+                    )
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .insert(status.to_owned(), RefOr::T(response));
             }
         }
     }

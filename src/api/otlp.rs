@@ -29,6 +29,30 @@ use crate::telemetry::otlp::{
     self, BodyError, Encoding, LogsRequest, MetricsRequest, RpcStatus, TracesRequest,
 };
 
+/// The error answers of every OTLP route (`api::openapi` adds them to each), each a
+/// `google.rpc.Status` in the request's encoding.
+pub const ERROR_RESPONSES: [(&str, &str); 7] = [
+    (
+        "400",
+        "`invalid_request`: not a valid message, or not valid gzip",
+    ),
+    ("401", "`unauthorized`: no token of a running execution"),
+    (
+        "409",
+        "`conflict`: the execution's stream takes no more events (it was cut short)",
+    ),
+    (
+        "413",
+        "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated",
+    ),
+    (
+        "415",
+        "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip",
+    ),
+    ("429", "`too_many_requests`: retry after `Retry-After`"),
+    ("503", "`store_unavailable`: retry after `Retry-After`"),
+];
+
 /// Requests being read or stored at once; more are told to retry (429). Each holds at most
 /// `max_body_bytes` twice (compressed and inflated), so this bounds the intake's memory.
 const CONCURRENT_REQUESTS: usize = 16;
@@ -164,13 +188,6 @@ impl IntoResponse for OtlpError {
             (Vec<u8> = "application/x-protobuf"),
             (serde_json::Value = "application/json"),
         )),
-        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
     ),
 )]
 pub async fn traces(
@@ -207,13 +224,6 @@ pub async fn traces(
             (Vec<u8> = "application/x-protobuf"),
             (serde_json::Value = "application/json"),
         )),
-        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
     ),
 )]
 pub async fn logs(
@@ -246,13 +256,6 @@ pub async fn logs(
             (Vec<u8> = "application/x-protobuf"),
             (serde_json::Value = "application/json"),
         )),
-        (status = 400, description = "`invalid_request`: not a valid message, or not valid gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 401, description = "`unauthorized`: no token of a running execution", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 409, description = "`conflict`: the execution's stream takes no more events (it was cut short)", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 413, description = "`payload_too_large`: over `otlp.max_body_bytes`, compressed or inflated", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 415, description = "`unsupported_media_type`: neither protobuf nor JSON, or an encoding other than gzip", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 429, description = "`too_many_requests`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
-        (status = 503, description = "`store_unavailable`: retry after `Retry-After`", content((Vec<u8> = "application/x-protobuf"), (serde_json::Value = "application/json"))),
     ),
 )]
 pub async fn metrics(
