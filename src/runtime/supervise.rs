@@ -117,8 +117,9 @@ impl Runtime {
             self.store.clone(),
             self.metrics.clone(),
             self.log_limits,
+            self.prices.clone(),
+            self.max_spans,
         )
-        .with_telemetry(self.prices.clone(), self.max_spans)
     }
 
     /// Sees an executor's run to its end within `timeout` and its budget (stopping it when

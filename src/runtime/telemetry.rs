@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::store::StoreError;
 use crate::stream::Recorder;
-use crate::telemetry::otlp::{LogsRequest, MetricsRequest, TracesRequest};
+use crate::telemetry::otlp::{LogsRequest, TracesRequest};
 use crate::telemetry::spans;
 
 use super::Runtime;
@@ -213,17 +213,6 @@ impl Sink {
             .await?;
         drop(open);
         Ok(intake.store.flush().await?)
-    }
-
-    /// Accepts a metrics export. Its data points are not kept in the stream (the ledger counts
-    /// usage from spans); they are forwarded when forwarding is on.
-    pub fn metrics(&self, request: &MetricsRequest) -> usize {
-        request
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .map(|s| s.metrics.len())
-            .sum()
     }
 
     pub fn execution_id(&self) -> &ExecutionId {

@@ -52,11 +52,14 @@ struct Tally {
 }
 
 impl Recorder {
+    /// A recorder within `limits` (logs) and `max_spans`, pricing reported usage with `prices`.
     pub fn new(
         execution: &Execution,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         limits: LogLimits,
+        prices: Arc<PriceTable>,
+        max_spans: u64,
     ) -> Recorder {
         Recorder {
             execution: execution.clone(),
@@ -66,24 +69,14 @@ impl Recorder {
             started: Instant::now(),
             tally: Mutex::new(Tally::default()),
             telemetry: Mutex::new(Telemetry {
-                max_spans: DEFAULT_MAX_SPANS,
+                max_spans,
                 spans: 0,
                 dropped: 0,
-                ledger: Ledger::new(Arc::new(PriceTable::default()), execution.agent.budget),
+                ledger: Ledger::new(prices, execution.agent.budget),
             }),
             breach: OnceLock::new(),
             budget_tripped: CancellationToken::new(),
         }
-    }
-
-    /// Prices the agent's reported usage with `prices` and stores at most `max_spans` spans.
-    pub fn with_telemetry(self, prices: Arc<PriceTable>, max_spans: u64) -> Recorder {
-        {
-            let mut telemetry = self.telemetry.lock().unwrap();
-            telemetry.max_spans = max_spans;
-            telemetry.ledger = Ledger::new(prices, self.execution.agent.budget);
-        }
-        self
     }
 
     pub fn execution(&self) -> &Execution {

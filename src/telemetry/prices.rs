@@ -90,7 +90,7 @@ const DEFAULT_PRICES: &[PriceRow] = &[
 ];
 
 /// The prices in force: the default table with the configured entries over it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PriceTable {
     prices: Vec<Price>,
 }

@@ -37,16 +37,6 @@ pub fn spans(request: TracesRequest, root_span_id: &str, max_attribute_bytes: us
     out
 }
 
-/// The number of spans in `request`, without converting them.
-pub fn count(request: &TracesRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
-}
-
 fn span_data(span: Span, root_span_id: &str, cut: &mut Cutter) -> SpanData {
     let parent = if span.parent_span_id.iter().all(|&b| b == 0) {
         root_span_id.to_owned()
