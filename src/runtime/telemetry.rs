@@ -13,7 +13,7 @@ use crate::domain::{
 use crate::store::StoreError;
 use crate::stream::Recorder;
 use crate::telemetry::otlp::{LogsRequest, TracesRequest};
-use crate::telemetry::spans;
+use crate::telemetry::{AGENT_ID_ATTRIBUTE, EXECUTION_ID_ATTRIBUTE, spans};
 
 use super::Runtime;
 
@@ -138,7 +138,7 @@ impl TelemetryIntake {
             (
                 "OTEL_RESOURCE_ATTRIBUTES".into(),
                 format!(
-                    "agentnexus.execution.id={},agentnexus.agent.id={}",
+                    "{EXECUTION_ID_ATTRIBUTE}={},{AGENT_ID_ATTRIBUTE}={}",
                     execution.execution_id, execution.agent_id
                 ),
             ),
@@ -244,13 +244,10 @@ impl Runtime {
         let execution = recorder.execution();
         let mut attributes = serde_json::Map::new();
         attributes.insert(
-            "agentnexus.execution.id".into(),
+            EXECUTION_ID_ATTRIBUTE.into(),
             execution.execution_id.to_string().into(),
         );
-        attributes.insert(
-            "agentnexus.agent.id".into(),
-            execution.agent_id.clone().into(),
-        );
+        attributes.insert(AGENT_ID_ATTRIBUTE.into(), execution.agent_id.clone().into());
         attributes.insert(
             "gen_ai.agent.name".into(),
             execution.agent_name.clone().into(),

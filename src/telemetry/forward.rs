@@ -14,6 +14,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::otlp::{LogsRequest, MetricsRequest, TracesRequest};
+use super::{AGENT_ID_ATTRIBUTE, EXECUTION_ID_ATTRIBUTE};
 use crate::config::OtlpConfig;
 use crate::domain::ExecutionId;
 use crate::metrics::Metrics;
@@ -95,8 +96,8 @@ pub fn execution_attributes(execution: &ExecutionId, agent_id: &str) -> Vec<KeyV
         ..Default::default()
     };
     vec![
-        text("agentnexus.execution.id", execution.to_string()),
-        text("agentnexus.agent.id", agent_id.to_owned()),
+        text(EXECUTION_ID_ATTRIBUTE, execution.to_string()),
+        text(AGENT_ID_ATTRIBUTE, agent_id.to_owned()),
     ]
 }
 

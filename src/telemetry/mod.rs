@@ -11,4 +11,10 @@ pub mod prices;
 pub mod spans;
 
 pub use ledger::{BudgetCheck, Counted, Ledger, Nearing};
+
+/// The resource attribute naming the execution, as its agent is given it
+/// (`OTEL_RESOURCE_ATTRIBUTES`), its root span carries it, and forwarding sets it.
+pub const EXECUTION_ID_ATTRIBUTE: &str = "agentnexus.execution.id";
+/// The resource attribute naming the agent, likewise.
+pub const AGENT_ID_ATTRIBUTE: &str = "agentnexus.agent.id";
 pub use prices::{Price, PriceTable};
