@@ -136,11 +136,20 @@ impl Containment {
         if let Some(record) = record {
             stop_leftover_group(record).await;
         }
+        // A process in the middle of `execve` shows an empty environment for a moment: only two
+        // empty passes in a row, 10 ms apart, mean that nothing is left.
+        let mut empty_passes = 0;
         for _ in 0..100 {
             let left = proc_tree::processes_with_env(EXECUTION_ID_VAR, execution_id);
             if left.is_empty() {
-                break;
+                empty_passes += 1;
+                if empty_passes == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
+            empty_passes = 0;
             tracing::info!(execution = %execution_id, pids = ?left, "killing processes a previous run left behind");
             for pid in left {
                 // SAFETY: kill has no memory effects.

@@ -180,7 +180,8 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// Every process whose environment holds `NAME=value` exactly (as it was when the process
-/// executed its program).
+/// executed its program). A process in the middle of `execve` shows an empty environment until
+/// its new stack is set up, so a caller that must not miss one looks more than once.
 pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
     let wanted = format!("{name}={value}");
     std::fs::read_dir("/proc")
@@ -239,9 +240,18 @@ mod tests {
             .env("AGENTNEXUS_TEST_MARK", "found-by-env")
             .spawn()
             .unwrap();
-        let found = processes_with_env("AGENTNEXUS_TEST_MARK", "found-by-env");
+        // `spawn` returns once the child's `execve` has begun, which may be before the kernel
+        // has laid out its new environment: look until it is there.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = processes_with_env("AGENTNEXUS_TEST_MARK", "found-by-env");
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = processes_with_env("AGENTNEXUS_TEST_MARK", "found-by-env");
+        }
+        let other = processes_with_env("AGENTNEXUS_TEST_MARK", "someone-else");
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(found, [child.id() as i32]);
+        assert!(other.is_empty(), "{other:?}");
     }
 }
