@@ -65,9 +65,12 @@ async fn router_paths() -> BTreeSet<String> {
         .collect()
 }
 
-/// `template` with every `{param}` replaced by a harmless value.
+/// `template` with every `{param}` replaced by a harmless value (for a console asset, one that
+/// exists).
 fn concrete(template: &str) -> String {
-    template.replace("{id}", "probe")
+    template
+        .replace("{id}", "probe")
+        .replace("{name}", "app.js")
 }
 
 /// Whether the server serves `method` on `path`: anything but the router's own 404 and 405.

@@ -1,9 +1,13 @@
-//! `GET /`: where things are, for someone who points a browser or `curl` at the server. Like the
-//! probes it needs no key and tells nothing about the server's state, only its fixed routes.
+//! `GET /`: where things are. A browser gets the console; an API client (`curl`, anything that
+//! does not ask for HTML) gets the entry points as JSON. Like the probes it needs no key and
+//! tells nothing about the server's state, only its fixed routes.
 
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::console;
 use super::error::Json;
 
 /// The server's entry points.
@@ -43,11 +47,17 @@ const INDEX: Index = Index {
     websocket: "/ws",
 };
 
-/// The server's entry points.
+/// The server's entry points; the console for a browser.
 #[utoipa::path(
     get, path = "/", tag = "meta", operation_id = "index", security(()),
-    responses((status = 200, description = "Where the API, its document, the probes, the metrics and the WebSocket endpoint are", body = Index)),
+    responses((status = 200, description = "Where the API, its document, the probes, the metrics and the WebSocket endpoint are; the console's page for a request that accepts `text/html`", content(
+        (Index = "application/json"),
+        (String = "text/html"),
+    ))),
 )]
-pub async fn index() -> Json<Index> {
-    Json(INDEX)
+pub async fn index(headers: HeaderMap) -> Response {
+    if console::wants_page(&headers) {
+        return console::page(&headers);
+    }
+    Json(INDEX).into_response()
 }

@@ -1,8 +1,9 @@
-//! The HTTP surface: REST under `/api`, health probes, and `/` pointing at them. The only module that knows HTTP and
+//! The HTTP surface: REST under `/api`, health probes, `/` pointing at them, and the console. The only module that knows HTTP and
 //! JSON request shapes; it translates them into calls on the `Runtime` and its errors into
 //! `{"error": {"code", "message"}}` responses with stable codes.
 
 mod agents;
+mod console;
 mod error;
 mod executions;
 mod health;
@@ -119,13 +120,15 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        // Browsers cannot set headers on a WebSocket upgrade, hence `?token=` as well.
-        let token = match bearer {
-            Some(t) => Some(t),
-            None => Query::<TokenQuery>::try_from_uri(&parts.uri)
-                .ok()
-                .and_then(|q| q.0.token),
-        };
+        // Browsers cannot set headers on a WebSocket upgrade, hence the subprotocol (which
+        // keeps the key out of URLs and logs) and `?token=` as well.
+        let token = bearer
+            .or_else(|| ws::subprotocol_token(&parts.headers))
+            .or_else(|| {
+                Query::<TokenQuery>::try_from_uri(&parts.uri)
+                    .ok()
+                    .and_then(|q| q.0.token)
+            });
         auth.caller(token.as_deref())
     }
 }
@@ -158,6 +161,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ws", get(ws::upgrade))
         .merge(otlp_router(state.otlp.max_body_bytes()))
         .merge(metrics_router())
+        .merge(console::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

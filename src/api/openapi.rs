@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{agents, executions, health, index, metrics, otlp, ws};
+use super::{agents, console, executions, health, index, metrics, otlp, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,9 @@ use super::{agents, executions, health, index, metrics, otlp, ws};
         description = "Runs AI agents as local processes or Docker containers and makes every \
             execution observable. Errors are `{\"error\": {\"code\", \"message\"}}` with a stable \
             `code`. With API keys configured every `/api` route and `/ws` need one, as \
-            `Authorization: Bearer <key>` or `?token=<key>`; with none (open mode, loopback \
+            `Authorization: Bearer <key>` or `?token=<key>` (a browser's `/ws` may offer it as the \
+            subprotocol `agentnexus.bearer.<the key's UTF-8 bytes in hex>` beside `agentnexus`, \
+            which keeps it out of the URL); with none (open mode, loopback \
             only) every caller is the local admin."
     ),
     paths(
@@ -48,6 +50,10 @@ use super::{agents, executions, health, index, metrics, otlp, ws};
         otlp::traces,
         otlp::metrics,
         otlp::logs,
+        console::execution_page,
+        console::agents_page,
+        console::status_page,
+        console::asset,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes, &HealthAlias, &ClosedRuntimes, &OtlpErrors, &OpenModeRefusals),
@@ -59,6 +65,7 @@ use super::{agents, executions, health, index, metrics, otlp, ws};
         (name = "health", description = "Probes"),
         (name = "metrics", description = "Prometheus metrics"),
         (name = "meta", description = "This document, and where everything is"),
+        (name = "console", description = "The live web console: its pages and embedded assets"),
         (name = "telemetry", description = "OTLP/HTTP export of a running execution's telemetry, with the token the execution was given"),
     ),
 )]

@@ -92,6 +92,24 @@ impl Drop for Slot {
     }
 }
 
+/// The subprotocol a browser offers to name this protocol; the server selects it.
+pub const SUBPROTOCOL: &str = "agentnexus";
+/// The prefix of the subprotocol that carries an API key: `agentnexus.bearer.` and the key's
+/// UTF-8 bytes in hex (a subprotocol is an HTTP token: no spaces, no `=`, no `/`).
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "agentnexus.bearer.";
+
+/// The API key a browser offered as a subprotocol (`Sec-WebSocket-Protocol`), if any.
+pub fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 /// The live stream: a WebSocket upgrade (RFC 6455). The messages are described in the README.
 #[utoipa::path(
     get, path = "/ws", tag = "websocket", operation_id = "websocket",
@@ -128,6 +146,9 @@ pub async fn upgrade(
         .into_response();
     };
     upgrade
+        // A browser that offers subprotocols needs one of them selected, or it fails the
+        // connection; the key-carrying one is never echoed.
+        .protocols([SUBPROTOCOL])
         // Small buffers: an idle connection should cost a few KiB, not the default 128 KiB.
         // Client messages are small (a subscribe is under 128 bytes); a larger one grows it.
         .read_buffer_size(256)

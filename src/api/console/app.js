@@ -1,0 +1,2 @@
+// The console's entry point: routes the location to a page.
+document.getElementById('main').textContent = 'AgentNexus console';
