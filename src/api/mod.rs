@@ -15,6 +15,7 @@ pub mod otlp;
 pub mod ws;
 
 pub use agents::AgentSpec;
+pub use console::asset_names as console_asset_names;
 pub use error::ApiError;
 pub use host::{Mode, SitePolicy};
 
