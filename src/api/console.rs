@@ -111,7 +111,11 @@ pub async fn status_page(headers: HeaderMap) -> Response {
     get, path = "/assets/{name}", tag = "console", operation_id = "consoleAsset", security(()),
     params(("name" = String, Path, description = "The file's name, e.g. `app.js`")),
     responses(
-        (status = 200, description = "The file (JavaScript module, CSS or text)", content_type = "text/plain", body = String),
+        (status = 200, description = "The file: a JavaScript module, a stylesheet or a licence", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "text/plain"),
+        )),
         (status = 304, description = "Unchanged since the `ETag` given in `If-None-Match`"),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ),
