@@ -185,8 +185,8 @@ export class LogView {
     if (this.following) this.scrollTo(Math.max(0, g.height - g.view));
     const top = this.el.scrollTop;
     const exact = this.rowAt(g, top);
-    const first = Math.max(0, Math.floor(exact) - OVERSCAN);
     const last = Math.min(g.n, Math.floor(exact) + g.visible + OVERSCAN + 1);
+    const first = Math.min(last, Math.max(0, Math.floor(exact) - OVERSCAN));
     const offset = g.scaled ? top - (exact - first) * ROW : first * ROW;
     this.window.style.transform = `translateY(${Math.max(0, offset)}px)`;
     this.fill(first, last);
