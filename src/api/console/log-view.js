@@ -4,7 +4,7 @@
 // and `#seq-N` targets. Past ~15 million px the spacer is scaled and the scroll position mapped
 // to a line index (browsers cap an element's height near 33 million px).
 
-import { appendAnsi } from './ansi.js';
+import { appendAnsi } from '/assets/ansi.js';
 
 export const ROW = 18;
 const MAX_SPACER = 15e6;

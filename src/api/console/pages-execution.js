@@ -2,12 +2,12 @@
 // of the stream), the Cancel button, the live log pane fed from /ws, and the side panels
 // (resources chart, status timeline, span waterfall) that appear once their events exist.
 
-import { api } from './api.js';
-import { follow } from './stream.js';
-import { LogView, STREAMS } from './log-view.js';
-import { LineChart } from './chart.js';
-import { Waterfall } from './spans.js';
-import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from './dom.js';
+import { api } from '/assets/api.js';
+import { follow } from '/assets/stream.js';
+import { LogView, STREAMS } from '/assets/log-view.js';
+import { LineChart } from '/assets/chart.js';
+import { Waterfall } from '/assets/spans.js';
+import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from '/assets/dom.js';
 
 const SEARCH_DEBOUNCE_MS = 150;
 const RECORD_REFRESH_TICKS = 3;

@@ -1,8 +1,8 @@
 // The status page (`/status`): readiness from GET /health/ready every 2 s, the overall status
 // and each check's status and details, as text.
 
-import { api } from './api.js';
-import { h, replace, fmtDuration, fmtTime } from './dom.js';
+import { api } from '/assets/api.js';
+import { h, replace, fmtDuration, fmtTime } from '/assets/dom.js';
 
 const REFRESH_MS = 2000;
 
