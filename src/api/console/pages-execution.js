@@ -11,6 +11,7 @@ import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prett
 
 const SEARCH_DEBOUNCE_MS = 150;
 const RECORD_REFRESH_TICKS = 3;
+const SPANS_REDRAW_MS = 200;
 
 export function mount(main, id) {
   const ui = build(main, id);
@@ -194,7 +195,7 @@ function wireLogControls(ui, view) {
   view.onChange = (v) => { previous(v); counts(); };
 }
 
-/** The resources chart, status timeline and span waterfall, drawn once per frame at most. */
+/** The resources chart, status timeline and span waterfall, redrawn in batches. */
 class Panels {
   constructor(ui) {
     this.ui = ui;
@@ -215,7 +216,13 @@ class Panels {
   span(d) {
     this.waterfall.add(d);
     this.ui.spansPanel.hidden = false;
-    this.later('spans');
+    // A trace can bring thousands of spans a second: redrawn a few times a second at most.
+    if (!this.spansTimer) {
+      this.spansTimer = setTimeout(() => {
+        this.spansTimer = 0;
+        this.waterfall.render();
+      }, SPANS_REDRAW_MS);
+    }
   }
 
   status(msg) {
@@ -238,7 +245,6 @@ class Panels {
   draw() {
     if (!this.dirty.size) return;
     if (this.dirty.has('charts')) { this.cpu.render(); this.mem.render(); }
-    if (this.dirty.has('spans')) this.waterfall.render();
     this.dirty.clear();
   }
 }
