@@ -4,7 +4,7 @@
 // and `#seq-N` targets. Past ~15 million px the spacer is scaled and the scroll position mapped
 // to a line index (browsers cap an element's height near 33 million px).
 
-import { appendAnsi } from '/assets/ansi.js';
+import { appendAnsi, hasEscapes } from '/assets/ansi.js';
 
 export const ROW = 18;
 const MAX_SPACER = 15e6;
@@ -233,9 +233,10 @@ export class LogView {
   paint(row, i) {
     const seq = this.seqs[i];
     const target = seq === this.targetSeq;
-    if (row.seq === seq && row.target === target) return;
+    if (row.seq === seq && row.target === target && row.query === this.query) return;
     row.seq = seq;
     row.target = target;
+    row.query = this.query;
     row.className = `line ${STREAMS[this.streams[i]]}${target ? ' target' : ''}`;
     row.dataset.seq = String(seq);
     const link = document.createElement('a');
@@ -245,7 +246,9 @@ export class LogView {
     const text = document.createElement('span');
     text.className = 'text';
     const line = this.texts[i];
-    appendAnsi(text, line.length > MAX_RENDERED_CHARS ? `${line.slice(0, MAX_RENDERED_CHARS)} …` : line);
+    const shown = line.length > MAX_RENDERED_CHARS ? `${line.slice(0, MAX_RENDERED_CHARS)} …` : line;
+    if (this.query && !hasEscapes(shown)) appendMarked(text, shown, this.query);
+    else appendAnsi(text, shown);
     row.replaceChildren(link, text);
   }
 
@@ -293,4 +296,22 @@ export class LogView {
     }
     return -1;
   }
+}
+
+/** Appends `text` with each occurrence of `query` (lowercase) in a <mark>. */
+function appendMarked(parent, text, query) {
+  const lower = text.toLowerCase();
+  if (lower.length !== text.length) {
+    parent.append(text); // lowercasing moved the offsets (rare scripts): no marks
+    return;
+  }
+  let from = 0;
+  for (let at = lower.indexOf(query); at !== -1; at = lower.indexOf(query, from)) {
+    if (at > from) parent.append(text.slice(from, at));
+    const mark = document.createElement('mark');
+    mark.textContent = text.slice(at, at + query.length);
+    parent.append(mark);
+    from = at + query.length;
+  }
+  if (from < text.length) parent.append(text.slice(from));
 }
