@@ -46,6 +46,7 @@ export class LogView {
     this.el.addEventListener('scroll', () => this.scrolled(), { passive: true });
     this.viewHeight = 0;
     this.spacerHeight = 0;
+    this.previousSpacerHeight = 0;
     // Cached so that a frame reads no layout it has just invalidated.
     new ResizeObserver(() => {
       this.viewHeight = this.el.clientHeight;
@@ -142,21 +143,32 @@ export class LogView {
     if (this.scheduled) return;
     this.scheduled = true;
     // A hidden tab gets no animation frames; the timer keeps the attributes current anyway.
-    const run = () => {
+    const run = (frame) => {
       if (!this.scheduled) return;
       this.scheduled = false;
       this.render();
+      // After a render between frames, a scroll event still to come may mean the end before it.
+      if (frame) this.previousSpacerHeight = this.spacerHeight;
     };
-    requestAnimationFrame(run);
-    setTimeout(run, 250);
+    requestAnimationFrame(() => run(true));
+    setTimeout(() => run(false), 250);
   }
 
   scrolled() {
     const top = this.el.scrollTop;
-    if (Math.abs(top - this.expectScroll) <= 1) return;
+    const moved = top !== this.lastTop; // a horizontal scroll is not a move
+    this.lastTop = top;
+    if (!moved || Math.abs(top - this.expectScroll) <= 1) return;
     this.expectScroll = -1;
-    const atEnd = top + this.viewHeight >= this.spacerHeight - 2;
-    if (this.following && !atEnd) this.setFollowing(false);
+    // A render between frames may have grown the log after the scroll: the end meant may be
+    // the one before it.
+    const end = Math.min(this.spacerHeight, this.previousSpacerHeight);
+    const atEnd = top + this.viewHeight >= end - 2;
+    // Scrolling away from the end pauses; scrolling back to it (with lines to scroll) follows.
+    if (this.following !== atEnd && (!atEnd || this.spacerHeight > this.viewHeight)) {
+      this.setFollowing(atEnd);
+    }
+    this.previousSpacerHeight = this.spacerHeight;
     this.schedule();
   }
 
