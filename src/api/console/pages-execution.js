@@ -41,7 +41,12 @@ export function mount(main, id) {
       view.noteSeq(msg.seq);
       const d = msg.data || {};
       if (msg.type === 'log') view.push(msg.seq, d.stream, String(d.log ?? ''));
-      else if (msg.type === 'status') { panels.status(msg); setStatus(ui, d.status); refresh(); }
+      else if (msg.type === 'status') {
+        panels.status(msg);
+        // A replayed status never undoes the final one the record already showed.
+        if (!FINAL.has(ui.status.dataset.status)) setStatus(ui, d.status);
+        refresh();
+      }
       else if (msg.type === 'metrics') panels.metrics(d);
       else if (msg.type === 'span') panels.span(d);
     },
