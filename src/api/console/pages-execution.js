@@ -90,7 +90,7 @@ function build(main, id) {
     search: h('input', { id: 'log-search', type: 'search', placeholder: 'Search the log', autocomplete: 'off' }),
     stream: h('select', { id: 'log-stream' }, h('option', { value: '' }, 'all streams'),
       STREAMS.map((s) => h('option', { value: s }, s))),
-    follow: h('button', { id: 'follow', type: 'button', 'aria-pressed': 'true' }, 'Follow'),
+    follow: h('button', { id: 'follow', type: 'button', 'aria-pressed': 'true' }, 'Following'),
     counts: h('span', { id: 'log-counts', class: 'muted' }),
     log: h('div', { id: 'log', class: 'log', tabindex: '0', role: 'log', 'aria-label': 'Log' }),
     resources: h('section', { id: 'resources', class: 'panel', hidden: true }),
