@@ -101,7 +101,7 @@ function build(main, id) {
   ui.timelinePanel = h('section', { class: 'panel', hidden: true }, h('h2', {}, 'Status'), ui.timeline);
   ui.spansPanel = h('section', { class: 'panel wide', hidden: true }, h('h2', {}, 'Spans'), ui.spans);
   const fields = [['agent', 'Agent'], ['user', 'User'], ['started', 'Started'], ['finished', 'Finished'],
-    ['duration', 'Duration'], ['exit-code', 'Exit code'], ['error-kind', 'Error'], ['error-message', 'Message'],
+    ['duration', 'Duration'], ['exit-code', 'Exit code'], ['error-kind', 'Error'], ['error-message', 'Error message'],
     ['peak-memory', 'Peak memory'], ['peak-cpu', 'Peak CPU'], ['tokens', 'Tokens'], ['cost', 'Cost (USD)']];
   main.append(
     h('div', { class: 'exec-head' }, h('h1', {}, 'Execution ', h('span', { class: 'mono' }, id)),

@@ -1,14 +1,20 @@
-// The /ws follower of one execution: opens the socket (key as a subprotocol, never in the URL),
-// subscribes with `since` = the last seq seen, hands each event over exactly once (anything at
-// or below the last seq is dropped), and reconnects with backoff (0.5 s doubling to 5 s) after
-// any close until the execution's final status has arrived.
+// The follower of one execution: reads the stored backlog over REST a page at a time (one
+// message per page, not per event: a million stored lines arrive in a hundred answers), then
+// opens the socket (key as a subprotocol, never in the URL) and subscribes with `since` = the
+// last seq seen; hands each event over exactly once (anything at or below the last seq is
+// dropped), and after any close reads the backlog again and reconnects, with backoff (0.5 s
+// doubling to 5 s), until the execution's final status has arrived.
 
-import { getKey } from '/assets/api.js';
+import { api, getKey } from '/assets/api.js';
 import { FINAL } from '/assets/dom.js';
 
 const MIN_DELAY = 500;
 const MAX_DELAY = 5000;
 const PING_MS = 15000;
+/** Events per REST page of the backlog (the API's maximum; a page is also capped at 1 MiB). */
+const BACKFILL_PAGE = 10000;
+/** A page shorter than this means the backlog is read: the socket is cheaper from here. */
+const BACKFILL_MIN = 1000;
 /** No message at all for this long: the connection is dead even if the socket says otherwise. */
 const SILENCE_MS = 45000;
 
@@ -31,9 +37,28 @@ export function follow(executionId, h) {
 
   const setState = (state) => h.onState && h.onState(state);
 
-  function connect() {
+  /** Reads stored events over REST while whole pages come back; the socket does the rest. */
+  async function backfill() {
+    const path = `/api/executions/${encodeURIComponent(executionId)}/events`;
+    for (;;) {
+      const page = await api(`${path}?since=${s.lastSeq}&limit=${BACKFILL_PAGE}`);
+      for (const e of page.events) {
+        if (s.over) return;
+        event(e);
+      }
+      if (!page.hasMore || page.events.length < BACKFILL_MIN) return;
+    }
+  }
+
+  async function connect() {
     if (s.over) return;
     setState('connecting');
+    try {
+      await backfill();
+    } catch {
+      // The socket reports what is wrong (or finds the server back).
+    }
+    if (s.over) return;
     const protocols = ['agentnexus'];
     const key = getKey();
     if (key) protocols.push(`agentnexus.bearer.${hexUtf8(key)}`);
