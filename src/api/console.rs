@@ -45,7 +45,21 @@ macro_rules! assets {
     };
 }
 
-const ASSETS: &[Asset] = assets!["console.css", "app.js"];
+const ASSETS: &[Asset] = assets![
+    "console.css",
+    "app.js",
+    "api.js",
+    "dom.js",
+    "stream.js",
+    "ansi.js",
+    "log-view.js",
+    "chart.js",
+    "spans.js",
+    "pages-executions.js",
+    "pages-execution.js",
+    "pages-agents.js",
+    "pages-status.js",
+];
 
 const PAGE: &[u8] = include_bytes!("console/index.html");
 

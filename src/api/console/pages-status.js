@@ -1,0 +1,51 @@
+// The status page (`/status`): readiness from GET /health/ready every 2 s, the overall status
+// and each check's status and details, as text.
+
+import { api } from './api.js';
+import { h, replace, fmtDuration, fmtTime } from './dom.js';
+
+const REFRESH_MS = 2000;
+
+export function mount(main) {
+  const health = h('div', { id: 'health', class: 'health', dataset: { status: '' } }, '…');
+  const meta = h('p', { class: 'muted' });
+  const checks = h('div', { id: 'checks', class: 'checks' });
+  const note = h('p', { class: 'error', role: 'alert' });
+  main.append(h('h1', {}, 'Status'), health, meta, note, checks);
+  let alive = true;
+
+  async function load() {
+    try {
+      const r = await api('/health/ready', { accept: [503] });
+      if (!alive) return;
+      show(r);
+      note.textContent = '';
+    } catch (e) {
+      note.textContent = e.message;
+    }
+  }
+
+  function show(r) {
+    health.dataset.status = String(r.status);
+    health.className = `health status-${r.status}`;
+    health.textContent = String(r.status);
+    const up = typeof r.uptime === 'number' ? fmtDuration(r.uptime * (r.uptime > 1e6 ? 1 : 1000)) : String(r.uptime ?? '');
+    meta.textContent = `as of ${fmtTime(r.timestamp)} · up ${up}`;
+    replace(checks, Object.entries(r.checks || {}).map(([name, c]) => check(name, c)));
+  }
+
+  load();
+  const timer = setInterval(load, REFRESH_MS);
+  return () => {
+    alive = false;
+    clearInterval(timer);
+  };
+}
+
+function check(name, c) {
+  const { status, ...details } = c && typeof c === 'object' ? c : { status: String(c) };
+  const rows = Object.entries(details).map(([k, v]) => h('div', { class: 'detail' },
+    h('span', { class: 'k' }, k), ' ', h('span', { class: 'v' }, typeof v === 'object' ? JSON.stringify(v) : String(v))));
+  return h('section', { class: `check panel status-${status}`, dataset: { check: name, status: String(status) } },
+    h('h2', {}, name, ' ', h('span', { class: 'badge' }, String(status))), rows);
+}
