@@ -116,13 +116,28 @@ async fn the_run_form_submits_only_valid_input_shows_the_servers_error_and_opens
     browser.screenshot("run-invalid-json").await;
     assert_eq!(executions().await, 0, "invalid JSON was submitted");
 
-    // JSON the schema rejects: the server's error, as it said it.
+    // JSON the schema rejects: the server's error, as it says it.
+    let (status, refusal) = client
+        .post(
+            "/api/executions",
+            json!({"agentId": "strict", "input": {"n": "three"}}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {refusal}");
+    let said = format!(
+        "{}: {}",
+        refusal["error"]["code"].as_str().unwrap(),
+        refusal["error"]["message"].as_str().unwrap()
+    );
     browser.type_into("#run-input", "{\"n\": \"three\"}").await;
     browser.click("#run-submit").await;
     browser
         .wait_until(
             "the server's error shown",
-            "/invalid_input/.test(document.querySelector('#run-error')?.textContent)",
+            &format!(
+                "document.querySelector('#run-error')?.textContent.includes({})",
+                json!(said)
+            ),
         )
         .await;
     browser.screenshot("run-rejected").await;

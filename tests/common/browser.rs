@@ -262,6 +262,7 @@ impl Browser {
     pub async fn requested_urls(&self) -> Vec<String> {
         let mut network = self.network.lock().unwrap().clone();
         network.extend(self.read_log("performance").await);
+        // The browser's own first tab (chrome://new-tab-page...) is no request of the page's.
         let urls = network
             .iter()
             .filter_map(|entry| {
@@ -272,6 +273,11 @@ impl Browser {
                     "Network.webSocketCreated" => message["params"]["url"].as_str(),
                     _ => None,
                 }
+                .filter(|u| {
+                    ["http:", "https:", "ws:", "wss:", "data:"]
+                        .iter()
+                        .any(|s| u.starts_with(s))
+                })
                 .map(str::to_owned)
             })
             .collect();

@@ -214,9 +214,12 @@ pub async fn assert_no_violation_logged(browser: &Browser) {
         .console_messages()
         .await
         .into_iter()
+        // Chromium's wording: "security ..." for what the policy blocked (CSP, Trusted Types),
+        // "... Content Security Policy ..." for blocked loads, "Uncaught ..." for exceptions.
         .filter(|(_, m)| {
-            m.contains("Content Security Policy")
-                || m.contains("Trusted Type")
+            m.starts_with("security ")
+                || m.contains("Content Security Policy")
+                || m.contains("requires 'Trusted")
                 || m.contains("Uncaught")
         })
         .collect();
