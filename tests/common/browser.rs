@@ -308,6 +308,25 @@ impl Browser {
             .collect()
     }
 
+    /// Runs a DevTools Protocol command in the page's target (chromedriver's `goog/cdp`).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        let url = format!(
+            "{}/session/{}/goog/cdp/execute",
+            self.driver_url, self.session
+        );
+        let body: Value = self
+            .http
+            .post(url)
+            .json(&json!({ "cmd": cmd, "params": params }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["value"].clone()
+    }
+
     /// Chromedriver's log of `kind` (`browser`, `performance`), drained.
     async fn read_log(&self, kind: &str) -> Vec<Value> {
         let url = format!("{}/session/{}/se/log", self.driver_url, self.session);
