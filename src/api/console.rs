@@ -234,6 +234,66 @@ mod tests {
     }
 
     #[test]
+    fn the_page_has_no_inline_script_or_style_and_preloads_only_served_modules() {
+        let page = std::str::from_utf8(PAGE).unwrap();
+        assert!(
+            !page.contains("<style"),
+            "inline <style> is refused by the CSP"
+        );
+        assert!(
+            !page.contains(" style="),
+            "inline style attributes are refused by the CSP"
+        );
+        for tag in page.split("<script").skip(1) {
+            let open = &tag[..tag.find('>').unwrap()];
+            assert!(
+                open.contains("src=\"/assets/"),
+                "inline script: <script{open}>"
+            );
+        }
+        for href in page.split("href=\"/assets/").skip(1) {
+            let name = &href[..href.find('"').unwrap()];
+            assert!(
+                asset_names().any(|a| a == name),
+                "{name} is linked but not served"
+            );
+        }
+    }
+
+    #[test]
+    fn modules_build_no_markup_from_strings_and_import_only_served_modules() {
+        for asset in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
+            let text = std::str::from_utf8(asset.body).unwrap();
+            for sink in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+            ] {
+                assert!(!text.contains(sink), "{} uses {sink}", asset.name);
+            }
+            for import in text.split(" from '").skip(1) {
+                let target = &import[..import.find('\'').unwrap()];
+                let name = target.strip_prefix("/assets/").unwrap_or_else(|| {
+                    panic!("{} imports {target}, not an /assets/ module", asset.name)
+                });
+                assert!(
+                    asset_names().any(|a| a == name),
+                    "{} imports unserved {name}",
+                    asset.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_console_weighs_under_200_kib() {
+        let total: usize = PAGE.len() + ASSETS.iter().map(|a| a.body.len()).sum::<usize>();
+        assert!(total < 200 * 1024, "{total} bytes");
+    }
+
+    #[test]
     fn browsers_get_the_page_and_api_clients_the_json() {
         let accept = |v: &str| {
             let mut h = HeaderMap::new();

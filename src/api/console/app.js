@@ -1,12 +1,12 @@
 // The console's entry point: routes location.pathname to a page module, marks the current nav
 // link, and owns the API key prompt (shown on any 401; the key lives in sessionStorage only).
 
-import { h, replace } from './dom.js';
-import { getKey, setKey, forgetKey, onUnauthorized } from './api.js';
-import * as executions from './pages-executions.js';
-import * as execution from './pages-execution.js';
-import * as agents from './pages-agents.js';
-import * as status from './pages-status.js';
+import { h, replace } from '/assets/dom.js';
+import { getKey, setKey, forgetKey, onUnauthorized } from '/assets/api.js';
+import * as executions from '/assets/pages-executions.js';
+import * as execution from '/assets/pages-execution.js';
+import * as agents from '/assets/pages-agents.js';
+import * as status from '/assets/pages-status.js';
 
 const main = document.getElementById('main');
 let unmount = null;

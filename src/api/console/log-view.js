@@ -4,7 +4,7 @@
 // and `#seq-N` targets. Past ~15 million px the spacer is scaled and the scroll position mapped
 // to a line index (browsers cap an element's height near 33 million px).
 
-import { appendAnsi } from './ansi.js';
+import { appendAnsi } from '/assets/ansi.js';
 
 export const ROW = 18;
 const MAX_SPACER = 15e6;
@@ -44,7 +44,13 @@ export class LogView {
     this.el.dataset.lineCount = '0';
     this.el.dataset.lastSeq = '0';
     this.el.addEventListener('scroll', () => this.scrolled(), { passive: true });
-    new ResizeObserver(() => this.schedule()).observe(this.el);
+    this.viewHeight = 0;
+    this.spacerHeight = 0;
+    // Cached so that a frame reads no layout it has just invalidated.
+    new ResizeObserver(() => {
+      this.viewHeight = this.el.clientHeight;
+      this.schedule();
+    }).observe(this.el);
   }
 
   /** Adds one line: O(1), the DOM follows on the next frame. */
@@ -149,7 +155,7 @@ export class LogView {
     const top = this.el.scrollTop;
     if (Math.abs(top - this.expectScroll) <= 1) return;
     this.expectScroll = -1;
-    const atEnd = top + this.el.clientHeight >= this.el.scrollHeight - 2;
+    const atEnd = top + this.viewHeight >= this.spacerHeight - 2;
     if (this.following && !atEnd) this.setFollowing(false);
     this.schedule();
   }
@@ -157,7 +163,7 @@ export class LogView {
   /** Scroll geometry: total spacer height and the px-per-row mapping. */
   geometry() {
     const n = this.shown;
-    const view = this.el.clientHeight || ROW * 20;
+    const view = this.viewHeight || this.el.clientHeight || ROW * 20;
     const full = n * ROW;
     const height = Math.min(full, MAX_SPACER);
     const visible = Math.ceil(view / ROW);
@@ -180,20 +186,28 @@ export class LogView {
 
   render() {
     const g = this.geometry();
-    this.spacer.style.height = `${g.height}px`;
+    if (g.height !== this.spacerHeight) {
+      this.spacer.style.height = `${g.height}px`;
+      this.spacerHeight = g.height;
+    }
     this.applyTarget(g);
     if (this.following) this.scrollTo(Math.max(0, g.height - g.view));
     const top = this.el.scrollTop;
     const exact = this.rowAt(g, top);
-    const first = Math.max(0, Math.floor(exact) - OVERSCAN);
     const last = Math.min(g.n, Math.floor(exact) + g.visible + OVERSCAN + 1);
+    const first = Math.min(last, Math.max(0, Math.floor(exact) - OVERSCAN));
     const offset = g.scaled ? top - (exact - first) * ROW : first * ROW;
     this.window.style.transform = `translateY(${Math.max(0, offset)}px)`;
     this.fill(first, last);
-    this.el.dataset.lineCount = String(this.count);
-    this.el.dataset.lastSeq = String(this.lastSeq);
-    if (this.matches && !this.scan) this.el.dataset.matchCount = String(this.matches.length);
+    this.setData('lineCount', this.count);
+    this.setData('lastSeq', this.lastSeq);
+    if (this.matches && !this.scan) this.setData('matchCount', this.matches.length);
     this.onChange(this);
+  }
+
+  setData(key, value) {
+    const text = String(value);
+    if (this.el.dataset[key] !== text) this.el.dataset[key] = text;
   }
 
   scrollTo(top) {

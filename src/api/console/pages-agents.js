@@ -2,8 +2,8 @@
 // as it is typed (a syntax error shows at once); the server's answer to a submission is shown
 // as `code: message`, and a 202 opens the new execution.
 
-import { api } from './api.js';
-import { h, replace, prettyJson, DASH } from './dom.js';
+import { api } from '/assets/api.js';
+import { h, replace, prettyJson, DASH } from '/assets/dom.js';
 
 export function mount(main) {
   const ui = {

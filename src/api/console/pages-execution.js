@@ -2,14 +2,15 @@
 // of the stream), the Cancel button, the live log pane fed from /ws, and the side panels
 // (resources chart, status timeline, span waterfall) that appear once their events exist.
 
-import { api } from './api.js';
-import { follow } from './stream.js';
-import { LogView, STREAMS } from './log-view.js';
-import { LineChart } from './chart.js';
-import { Waterfall } from './spans.js';
-import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from './dom.js';
+import { api } from '/assets/api.js';
+import { follow } from '/assets/stream.js';
+import { LogView, STREAMS } from '/assets/log-view.js';
+import { LineChart } from '/assets/chart.js';
+import { Waterfall } from '/assets/spans.js';
+import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from '/assets/dom.js';
 
 const SEARCH_DEBOUNCE_MS = 150;
+const RECORD_REFRESH_TICKS = 3;
 
 export function mount(main, id) {
   const ui = build(main, id);
@@ -58,7 +59,12 @@ export function mount(main, id) {
   view.onClearFilter = () => { ui.search.value = ''; ui.stream.value = ''; view.setFilter('', ''); };
   onHash();
   refresh();
-  const ticker = setInterval(() => tick(ui, st.record), 1000);
+  let ticks = 0;
+  const ticker = setInterval(() => {
+    tick(ui, st.record);
+    // Peaks and usage grow while it runs; status events alone would leave them stale.
+    if (++ticks % RECORD_REFRESH_TICKS === 0 && !FINAL.has(ui.status.dataset.status)) refresh();
+  }, 1000);
   return () => {
     st.alive = false;
     stream.close();

@@ -2,8 +2,8 @@
 // string), paged with nextCursor (a stack of earlier cursors for "newer"), refreshed every
 // second while the tab is visible.
 
-import { api, query } from './api.js';
-import { h, replace, fmtTime, fmtDuration, STATUSES, DASH } from './dom.js';
+import { api, query } from '/assets/api.js';
+import { h, replace, fmtTime, fmtDuration, STATUSES, DASH } from '/assets/dom.js';
 
 const LIMIT = 50;
 const REFRESH_MS = 1000;

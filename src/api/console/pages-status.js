@@ -1,8 +1,8 @@
 // The status page (`/status`): readiness from GET /health/ready every 2 s, the overall status
 // and each check's status and details, as text.
 
-import { api } from './api.js';
-import { h, replace, fmtDuration, fmtTime } from './dom.js';
+import { api } from '/assets/api.js';
+import { h, replace, fmtDuration, fmtTime } from '/assets/dom.js';
 
 const REFRESH_MS = 2000;
 
@@ -44,8 +44,20 @@ export function mount(main) {
 
 function check(name, c) {
   const { status, ...details } = c && typeof c === 'object' ? c : { status: String(c) };
-  const rows = Object.entries(details).map(([k, v]) => h('div', { class: 'detail' },
-    h('span', { class: 'k' }, k), ' ', h('span', { class: 'v' }, typeof v === 'object' ? JSON.stringify(v) : String(v))));
+  const rows = flatten(details).map(([k, v]) => h('div', { class: 'detail' },
+    h('span', { class: 'k' }, k), ' ', h('span', { class: 'v' }, v)));
   return h('section', { class: `check panel status-${status}`, dataset: { check: name, status: String(status) } },
     h('h2', {}, name, ' ', h('span', { class: 'badge' }, String(status))), rows);
+}
+
+/** `[key, text]` pairs of a check's details; `details` objects are opened in place, other
+ * nested objects become `outer.inner` keys. */
+function flatten(obj, prefix = '') {
+  const out = [];
+  for (const [k, v] of Object.entries(obj)) {
+    const key = k === 'details' ? prefix : prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === 'object' && !Array.isArray(v)) out.push(...flatten(v, key));
+    else out.push([key || k, typeof v === 'object' ? JSON.stringify(v) : String(v)]);
+  }
+  return out;
 }

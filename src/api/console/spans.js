@@ -2,7 +2,7 @@
 // with its name, duration, key GenAI attributes (model, tokens) as text, and a bar placed by its
 // start and end within the whole trace's time range.
 
-import { h, fmtDuration } from './dom.js';
+import { h, fmtDuration } from '/assets/dom.js';
 
 const KEY_ATTRIBUTES = [
   'gen_ai.operation.name', 'gen_ai.request.model', 'gen_ai.response.model',
@@ -66,7 +66,7 @@ export class Waterfall {
       ` ${fmtDuration(s1 - s0)}`, h('span', { class: 'span-attrs' }, attributesText(span)));
     name.style.paddingLeft = `${depth * 14}px`;
     const title = failed && span.status.message ? `error: ${span.status.message}` : '';
-    return h('div', { class: 'span-row', dataset: { spanId: String(span.spanId) }, title },
+    return h('div', { class: 'span-row', dataset: { spanId: String(span.spanId) }, title: title || undefined },
       name, h('div', { class: 'span-track' }, bar));
   }
 }

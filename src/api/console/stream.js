@@ -3,8 +3,8 @@
 // or below the last seq is dropped), and reconnects with backoff (0.5 s doubling to 5 s) after
 // any close until the execution's final status has arrived.
 
-import { getKey } from './api.js';
-import { FINAL } from './dom.js';
+import { getKey } from '/assets/api.js';
+import { FINAL } from '/assets/dom.js';
 
 const MIN_DELAY = 500;
 const MAX_DELAY = 5000;
