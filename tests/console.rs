@@ -131,6 +131,8 @@ async fn after_a_server_restart_the_page_reconnects_and_shows_every_line_exactly
         )
         .await;
     browser.screenshot("restart-before").await;
+    // Set on this document: still there at the end means the page was never reloaded.
+    browser.eval("window.sameDocument = true;").await;
 
     server.kill9();
     browser
@@ -150,6 +152,11 @@ async fn after_a_server_restart_the_page_reconnects_and_shows_every_line_exactly
     let lines = api_lines(&client, &id).await.len() as u64;
     wait_line_count(&browser, lines, WAIT).await;
     browser.screenshot("restart-after").await;
+    assert_eq!(
+        browser.eval("return window.sameDocument === true;").await,
+        true,
+        "the page reloaded instead of reconnecting"
+    );
     assert_shows_every_line_once(&browser, &client, &id).await;
     assert_only_the_runtime_was_asked(&browser, &server.url).await;
 }
