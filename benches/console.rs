@@ -137,6 +137,9 @@ async fn follow_flood(browser: &Browser, url: &str, addr: &str, go: &Path) {
             "document.querySelector('#connection[data-state=open]')",
         )
         .await;
+    // A plain client following the same execution: the server's share of the lag.
+    let reference = tokio::spawn(follow_plainly(addr.to_owned(), id.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::write(go, b"go").unwrap();
     let started = Instant::now();
     wait_terminal(url, &id).await;
@@ -189,6 +192,53 @@ async fn follow_flood(browser: &Browser, url: &str, addr: &str, go: &Path) {
         pct(0.99),
         pct(1.0)
     );
+    let mut reference = reference.await.unwrap();
+    let last = *reference.last().unwrap();
+    reference.sort_by(f64::total_cmp);
+    let pct = |p: f64| reference[((reference.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "    the same lag for a plain WebSocket client in this process ({} lines): last line {last:.1} ms; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        reference.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+}
+
+/// Follows `id` over WebSocket until its final status; the write-to-receipt lag of each line
+/// (ms).
+async fn follow_plainly(addr: String, id: String) -> Vec<f64> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut socket = connect(&addr).await;
+    subscribe(&mut socket, &id, 0).await;
+    let mut lags = Vec::new();
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let now = now_ns();
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "log" {
+            let written = event["data"]["log"]
+                .as_str()
+                .unwrap_or("")
+                .split(' ')
+                .next();
+            if let Some(written) = written.and_then(|w| w.parse::<u64>().ok()) {
+                lags.push(now.saturating_sub(written) as f64 / 1e6);
+            }
+        }
+        if event["type"] == "status"
+            && matches!(
+                event["data"]["status"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            )
+        {
+            break;
+        }
+    }
+    lags
 }
 
 async fn wait_first_line(browser: &Browser) {

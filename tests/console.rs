@@ -220,6 +220,7 @@ async fn markup_in_a_log_line_is_shown_as_text_and_never_runs() {
 }
 
 const BIG: u64 = 200_000;
+const BIG_WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_200000_line_execution_loads_scrolls_and_searches_without_freezing_the_page() {
@@ -230,14 +231,14 @@ async fn a_200000_line_execution_loads_scrolls_and_searches_without_freezing_the
     let server = TestServer::start(vec![sh_agent("big", "1", &script)]).await;
     let client = &server.client;
     let id = client.submit("big", json!({})).await;
-    client.wait_terminal(&id, Duration::from_secs(120)).await;
+    client.wait_terminal(&id, BIG_WAIT).await;
     let expected = api_lines(client, &id).await;
     assert_eq!(expected.len() as u64, BIG);
     let seqs: Vec<u64> = expected.keys().copied().collect();
 
     let browser = Browser::start().await;
     open_execution(&browser, &server.url, &id).await;
-    wait_line_count(&browser, BIG, Duration::from_secs(120)).await;
+    wait_line_count(&browser, BIG, BIG_WAIT).await;
     browser.screenshot("big-loaded").await;
 
     // The middle of the scroll height shows the lines around the middle one.
@@ -268,16 +269,19 @@ async fn a_200000_line_execution_loads_scrolls_and_searches_without_freezing_the
 
     let needle = "line-150000.";
     browser.type_into("#log-search", needle).await;
+    // Searching 200,000 lines on a loaded machine: a generous deadline, but no freeze after.
     browser
-        .wait_until(
+        .wait_until_within(
             "one match",
             "document.querySelector('#log[data-match-count=\"1\"]')",
+            BIG_WAIT,
         )
         .await;
     browser
-        .wait_until(
+        .wait_until_within(
             "the match drawn",
             "document.querySelectorAll('#log div.line[data-seq]').length === 1",
+            BIG_WAIT,
         )
         .await;
     browser.screenshot("big-search").await;
