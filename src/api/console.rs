@@ -64,7 +64,8 @@ const ASSETS: &[Asset] = assets![
 const PAGE: &[u8] = include_bytes!("console/index.html");
 
 /// The names of the embedded assets, for the test that compares them with the directory.
-pub fn asset_names() -> impl Iterator<Item = &'static str> {
+#[cfg(test)]
+fn asset_names() -> impl Iterator<Item = &'static str> {
     ASSETS.iter().map(|a| a.name)
 }
 

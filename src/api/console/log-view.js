@@ -4,7 +4,7 @@
 // and `#seq-N` targets. Past ~15 million px the spacer is scaled and the scroll position mapped
 // to a line index (browsers cap an element's height near 33 million px).
 
-import { appendAnsi } from '/assets/ansi.js';
+import { appendAnsi, hasEscapes } from '/assets/ansi.js';
 
 export const ROW = 18;
 const MAX_SPACER = 15e6;
@@ -46,6 +46,7 @@ export class LogView {
     this.el.addEventListener('scroll', () => this.scrolled(), { passive: true });
     this.viewHeight = 0;
     this.spacerHeight = 0;
+    this.previousSpacerHeight = 0;
     // Cached so that a frame reads no layout it has just invalidated.
     new ResizeObserver(() => {
       this.viewHeight = this.el.clientHeight;
@@ -142,21 +143,32 @@ export class LogView {
     if (this.scheduled) return;
     this.scheduled = true;
     // A hidden tab gets no animation frames; the timer keeps the attributes current anyway.
-    const run = () => {
+    const run = (frame) => {
       if (!this.scheduled) return;
       this.scheduled = false;
       this.render();
+      // After a render between frames, a scroll event still to come may mean the end before it.
+      if (frame) this.previousSpacerHeight = this.spacerHeight;
     };
-    requestAnimationFrame(run);
-    setTimeout(run, 250);
+    requestAnimationFrame(() => run(true));
+    setTimeout(() => run(false), 250);
   }
 
   scrolled() {
     const top = this.el.scrollTop;
-    if (Math.abs(top - this.expectScroll) <= 1) return;
+    const moved = top !== this.lastTop; // a horizontal scroll is not a move
+    this.lastTop = top;
+    if (!moved || Math.abs(top - this.expectScroll) <= 1) return;
     this.expectScroll = -1;
-    const atEnd = top + this.viewHeight >= this.spacerHeight - 2;
-    if (this.following && !atEnd) this.setFollowing(false);
+    // A render between frames may have grown the log after the scroll: the end meant may be
+    // the one before it.
+    const end = Math.min(this.spacerHeight, this.previousSpacerHeight);
+    const atEnd = top + this.viewHeight >= end - 2;
+    // Scrolling away from the end pauses; scrolling back to it (with lines to scroll) follows.
+    if (this.following !== atEnd && (!atEnd || this.spacerHeight > this.viewHeight)) {
+      this.setFollowing(atEnd);
+    }
+    this.previousSpacerHeight = this.spacerHeight;
     this.schedule();
   }
 
@@ -233,9 +245,10 @@ export class LogView {
   paint(row, i) {
     const seq = this.seqs[i];
     const target = seq === this.targetSeq;
-    if (row.seq === seq && row.target === target) return;
+    if (row.seq === seq && row.target === target && row.query === this.query) return;
     row.seq = seq;
     row.target = target;
+    row.query = this.query;
     row.className = `line ${STREAMS[this.streams[i]]}${target ? ' target' : ''}`;
     row.dataset.seq = String(seq);
     const link = document.createElement('a');
@@ -245,7 +258,9 @@ export class LogView {
     const text = document.createElement('span');
     text.className = 'text';
     const line = this.texts[i];
-    appendAnsi(text, line.length > MAX_RENDERED_CHARS ? `${line.slice(0, MAX_RENDERED_CHARS)} …` : line);
+    const shown = line.length > MAX_RENDERED_CHARS ? `${line.slice(0, MAX_RENDERED_CHARS)} …` : line;
+    if (this.query && !hasEscapes(shown)) appendMarked(text, shown, this.query);
+    else appendAnsi(text, shown);
     row.replaceChildren(link, text);
   }
 
@@ -293,4 +308,22 @@ export class LogView {
     }
     return -1;
   }
+}
+
+/** Appends `text` with each occurrence of `query` (lowercase) in a <mark>. */
+function appendMarked(parent, text, query) {
+  const lower = text.toLowerCase();
+  if (lower.length !== text.length) {
+    parent.append(text); // lowercasing moved the offsets (rare scripts): no marks
+    return;
+  }
+  let from = 0;
+  for (let at = lower.indexOf(query); at !== -1; at = lower.indexOf(query, from)) {
+    if (at > from) parent.append(text.slice(from, at));
+    const mark = document.createElement('mark');
+    mark.textContent = text.slice(at, at + query.length);
+    parent.append(mark);
+    from = at + query.length;
+  }
+  if (from < text.length) parent.append(text.slice(from));
 }

@@ -11,6 +11,7 @@ import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prett
 
 const SEARCH_DEBOUNCE_MS = 150;
 const RECORD_REFRESH_TICKS = 3;
+const SPANS_REDRAW_MS = 200;
 
 export function mount(main, id) {
   const ui = build(main, id);
@@ -40,7 +41,12 @@ export function mount(main, id) {
       view.noteSeq(msg.seq);
       const d = msg.data || {};
       if (msg.type === 'log') view.push(msg.seq, d.stream, String(d.log ?? ''));
-      else if (msg.type === 'status') { panels.status(msg); setStatus(ui, d.status); refresh(); }
+      else if (msg.type === 'status') {
+        panels.status(msg);
+        // A replayed status never undoes the final one the record already showed.
+        if (!FINAL.has(ui.status.dataset.status)) setStatus(ui, d.status);
+        refresh();
+      }
       else if (msg.type === 'metrics') panels.metrics(d);
       else if (msg.type === 'span') panels.span(d);
     },
@@ -84,7 +90,7 @@ function build(main, id) {
     search: h('input', { id: 'log-search', type: 'search', placeholder: 'Search the log', autocomplete: 'off' }),
     stream: h('select', { id: 'log-stream' }, h('option', { value: '' }, 'all streams'),
       STREAMS.map((s) => h('option', { value: s }, s))),
-    follow: h('button', { id: 'follow', type: 'button', 'aria-pressed': 'true' }, 'Follow'),
+    follow: h('button', { id: 'follow', type: 'button', 'aria-pressed': 'true' }, 'Following'),
     counts: h('span', { id: 'log-counts', class: 'muted' }),
     log: h('div', { id: 'log', class: 'log', tabindex: '0', role: 'log', 'aria-label': 'Log' }),
     resources: h('section', { id: 'resources', class: 'panel', hidden: true }),
@@ -194,7 +200,7 @@ function wireLogControls(ui, view) {
   view.onChange = (v) => { previous(v); counts(); };
 }
 
-/** The resources chart, status timeline and span waterfall, drawn once per frame at most. */
+/** The resources chart, status timeline and span waterfall, redrawn in batches. */
 class Panels {
   constructor(ui) {
     this.ui = ui;
@@ -215,7 +221,13 @@ class Panels {
   span(d) {
     this.waterfall.add(d);
     this.ui.spansPanel.hidden = false;
-    this.later('spans');
+    // A trace can bring thousands of spans a second: redrawn a few times a second at most.
+    if (!this.spansTimer) {
+      this.spansTimer = setTimeout(() => {
+        this.spansTimer = 0;
+        this.waterfall.render();
+      }, SPANS_REDRAW_MS);
+    }
   }
 
   status(msg) {
@@ -238,7 +250,6 @@ class Panels {
   draw() {
     if (!this.dirty.size) return;
     if (this.dirty.has('charts')) { this.cpu.render(); this.mem.render(); }
-    if (this.dirty.has('spans')) this.waterfall.render();
     this.dirty.clear();
   }
 }

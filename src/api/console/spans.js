@@ -9,6 +9,9 @@ const KEY_ATTRIBUTES = [
   'gen_ai.usage.input_tokens', 'gen_ai.usage.output_tokens', 'gen_ai.tool.name',
 ];
 
+/** Rows drawn at most: a trace may hold 100,000 spans, the page stays light. */
+const MAX_ROWS = 1000;
+
 export class Waterfall {
   constructor(el) {
     this.el = el;
@@ -26,13 +29,20 @@ export class Waterfall {
   render() {
     const spans = [...this.spans.values()];
     if (!spans.length) return;
-    const start = Math.min(...spans.map((s) => Number(s.startTimeMs)));
-    const end = Math.max(...spans.map((s) => Number(s.endTimeMs ?? s.startTimeMs)));
+    let start = Infinity;
+    let end = -Infinity;
+    for (const s of spans) {
+      start = Math.min(start, Number(s.startTimeMs));
+      end = Math.max(end, Number(s.endTimeMs ?? s.startTimeMs));
+    }
     const range = Math.max(1, end - start);
-    const rows = [];
-    for (const [span, depth] of this.ordered(spans)) rows.push(this.row(span, depth, start, range));
-    this.el.replaceChildren(h('div', { class: 'span-head' }, h('span', {}, 'Span'),
-      h('span', {}, `0 — ${fmtDuration(range)}`)), ...rows);
+    const ordered = this.ordered(spans);
+    const rows = ordered.slice(0, MAX_ROWS).map(([span, depth]) => this.row(span, depth, start, range));
+    const more = ordered.length > MAX_ROWS
+      ? h('div', { class: 'muted' }, `${(ordered.length - MAX_ROWS).toLocaleString()} more spans not drawn`)
+      : null;
+    this.el.replaceChildren(h('div', { class: 'span-head' }, h('span', {}, `${spans.length} spans`),
+      h('span', {}, `0 — ${fmtDuration(range)}`)), ...rows, ...(more ? [more] : []));
   }
 
   /** Depth-first: roots (no parent, or a parent never seen), children by start time. */
