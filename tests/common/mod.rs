@@ -2,8 +2,10 @@
 //! a real HTTP client, and shell-script agents.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod daemon_proxy;
 pub mod deploy;
 pub mod docker;

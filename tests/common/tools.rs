@@ -35,6 +35,8 @@ pub enum Tool {
     PgBouncer,
     /// nginx, the docker-compose cluster profile's proxy, run with its config.
     Nginx,
+    /// Headless Chromium and its WebDriver server, chromedriver: the console's browser tests.
+    Chromium,
 }
 
 impl Tool {
@@ -55,6 +57,7 @@ impl Tool {
             Tool::Postgres => "PostgreSQL (initdb, pg_ctl)",
             Tool::PgBouncer => "pgbouncer",
             Tool::Nginx => "nginx",
+            Tool::Chromium => "chromium and chromedriver",
         }
     }
 
@@ -73,6 +76,7 @@ impl Tool {
             Tool::Postgres => "apt-get install postgresql",
             Tool::PgBouncer => "apt-get install pgbouncer",
             Tool::Nginx => "apt-get install nginx-light",
+            Tool::Chromium => "apt-get install chromium chromium-driver",
         }
     }
 
@@ -89,6 +93,9 @@ impl Tool {
             Tool::PgBouncer => super::postgres::pgbouncer().is_some(),
             // Debian installs it in /usr/sbin, which a user's PATH may lack.
             Tool::Nginx => on_path("nginx") || Path::new(NGINX_SBIN).exists(),
+            Tool::Chromium => {
+                Path::new(super::browser::CHROMIUM).exists() && on_path("chromedriver")
+            }
             other => on_path(other.name()),
         }
     }
