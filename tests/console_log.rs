@@ -99,6 +99,9 @@ async fn the_waterfall_nests_the_agents_spans_under_the_runtimes_root_span_and_m
             "document.querySelectorAll('#spans [data-span-id]').length === 3",
         )
         .await;
+    browser
+        .eval("document.getElementById('spans').scrollIntoView({block: 'center'});")
+        .await;
     browser.screenshot("spans-running").await;
 
     // At the end the runtime's root span arrives and the agent's spans hang from it.
@@ -110,6 +113,10 @@ async fn the_waterfall_nests_the_agents_spans_under_the_runtimes_root_span_and_m
             "document.querySelectorAll('#spans [data-span-id]').length === 4",
         )
         .await;
+    browser
+        .eval("document.getElementById('spans').scrollIntoView({block: 'center'});")
+        .await;
+    browser.eval(FRAMES).await;
     browser.screenshot("spans-completed").await;
     let rows = browser
         .eval(
@@ -220,6 +227,18 @@ echo after"#;
         !garbled.contains('\u{1b}') && garbled.contains("broken") && garbled.contains("half"),
         "the garbled line shows its text without escapes: {garbled:?}"
     );
+    // An incomplete colour (`38;5` without its index) changes nothing: no text in the log's
+    // own background colour, unreadable.
+    let garbled_colours = browser
+        .eval_with(
+            "return [...document.querySelector(arguments[0]).children] \
+               .map(e => getComputedStyle(e).color);",
+            vec![json!(row(broken))],
+        )
+        .await;
+    for colour in garbled_colours.as_array().unwrap() {
+        assert_eq!(colour, &plain["colour"], "the garbled line is drawn plain");
+    }
     assert_eq!(browser.text(&row(after)).await, "after");
     let after_styled = browser
         .eval_with(
