@@ -124,7 +124,9 @@ async fn the_waterfall_nests_the_agents_spans_under_the_runtimes_root_span_and_m
                id: r.dataset.spanId, \
                indent: parseFloat(getComputedStyle(r.querySelector('.span-name')).paddingLeft), \
                attrs: r.querySelector('.span-attrs')?.textContent ?? '', \
-               failed: !!r.querySelector('.span-bar.error'), \
+               failed: r.querySelector('.span-bar').classList.contains('failed'), \
+               bar: getComputedStyle(r.querySelector('.span-bar')).backgroundColor, \
+               width: r.querySelector('.span-bar').getBoundingClientRect().width, \
                title: r.title }));",
         )
         .await;
@@ -159,6 +161,11 @@ async fn the_waterfall_nests_the_agents_spans_under_the_runtimes_root_span_and_m
     let failed: Vec<bool> = rows.iter().map(|r| r["failed"] == true).collect();
     assert_eq!(failed, [false, false, false, true], "only the failed call");
     assert_eq!(rows[3]["title"], "error: rate limited");
+    assert!(
+        rows.iter().all(|r| r["width"].as_f64().unwrap() > 0.0),
+        "every span draws its bar: {rows:#?}"
+    );
+    assert_ne!(rows[3]["bar"], rows[2]["bar"], "the failed bar stands out");
     assert_no_violation_logged(&browser).await;
 }
 
