@@ -403,6 +403,10 @@ async fn scrolling_up_pauses_following_while_lines_keep_coming_and_follow_goes_b
     let last = *lines.keys().last().unwrap();
     wait_status(&browser, "CANCELLED").await;
     wait_line_count(&browser, lines.len() as u64, WAIT).await;
+    // The window (not #log) scrolls, so that the screenshot shows the log's end.
+    browser
+        .eval("document.getElementById('log').scrollIntoView({block: 'end'});")
+        .await;
     browser.eval(FRAMES).await;
     browser.screenshot("follow-resumed").await;
     assert!(
