@@ -83,17 +83,24 @@ export function applySgr(style, params) {
     else if (n === 49) s.bg = null;
     else if (n === 38 || n === 48) {
       const [colour, used] = extended(p, i + 1);
-      if (n === 38) s.fg = colour; else s.bg = colour;
+      // An incomplete colour (`38;5` with no index) is garbage: it must not paint text black.
+      if (colour !== undefined) {
+        if (n === 38) s.fg = colour; else s.bg = colour;
+      }
       i += used;
     }
   }
   return s;
 }
 
-/** A 256-colour (`5;n`) or true-colour (`2;r;g;b`) parameter run; returns [css, params used]. */
+/**
+ * A 256-colour (`5;n`) or true-colour (`2;r;g;b`) parameter run; returns [css, params used],
+ * css `undefined` when the run is cut short.
+ */
 function extended(p, i) {
-  if (p[i] === 5) return [colour256(p[i + 1] || 0), 2];
+  if (p[i] === 5) return p.length > i + 1 ? [colour256(p[i + 1]), 2] : [undefined, 1];
   if (p[i] === 2) {
+    if (p.length < i + 4) return [undefined, p.length - i];
     const [r, g, b] = [p[i + 1], p[i + 2], p[i + 3]].map((v) => Math.max(0, Math.min(255, v || 0)));
     return [`rgb(${r}, ${g}, ${b})`, 4];
   }

@@ -69,7 +69,7 @@ export class Waterfall {
     const s1 = Number(span.endTimeMs ?? span.startTimeMs);
     const failed = span.status && (span.status.code === 2 || span.status.code === 'ERROR'
       || span.status.code === 'STATUS_CODE_ERROR');
-    const bar = h('div', { class: `span-bar${failed ? ' error' : ''}` });
+    const bar = h('div', { class: `span-bar${failed ? ' failed' : ''}` });
     bar.style.left = `${((s0 - start) / range) * 100}%`;
     bar.style.width = `${Math.max(0.3, ((s1 - s0) / range) * 100)}%`;
     const name = h('div', { class: 'span-name' }, h('span', { class: 'span-title' }, String(span.name)),
