@@ -58,6 +58,15 @@ async fn a_running_execution_shows_its_lines_as_they_are_written_and_ends_with_i
             "document.querySelector('#connection[data-state=open]')",
         )
         .await;
+    // Its peaks are in the header while it runs, from the resource samples (the record has
+    // them only at the end).
+    browser
+        .wait_until(
+            "a peak memory shown while it runs",
+            "document.querySelector('#peak-memory').textContent.endsWith('B') \
+             && document.querySelector('#status').dataset.status === 'RUNNING'",
+        )
+        .await;
     release(&go);
 
     // The count of lines held, seen while the execution runs, until its end.

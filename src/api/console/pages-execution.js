@@ -27,6 +27,7 @@ export function mount(main, id) {
       if (!st.alive) return;
       st.record = rec;
       showRecord(ui, rec);
+      showPeaks(ui, rec, panels.peak);
       ui.problem.textContent = '';
     } catch (e) {
       ui.problem.textContent = e.message;
@@ -47,7 +48,10 @@ export function mount(main, id) {
         if (!FINAL.has(ui.status.dataset.status)) setStatus(ui, d.status);
         refresh();
       }
-      else if (msg.type === 'metrics') panels.metrics(d);
+      else if (msg.type === 'metrics') {
+        panels.metrics(d);
+        showPeaks(ui, st.record, panels.peak);
+      }
       else if (msg.type === 'span') panels.span(d);
     },
     onState(state) { ui.connection.dataset.state = state; ui.connection.textContent = state; },
@@ -137,13 +141,19 @@ function showRecord(ui, r) {
   text(ui, 'exit-code', r.exitCode);
   text(ui, 'error-kind', r.error ? r.error.kind : null);
   text(ui, 'error-message', r.error ? r.error.message : null);
-  text(ui, 'peak-memory', r.peakMemoryBytes !== null && r.peakMemoryBytes !== undefined ? fmtBytes(r.peakMemoryBytes) : null);
-  text(ui, 'peak-cpu', r.peakCpuPercent !== null && r.peakCpuPercent !== undefined ? fmtPercent(r.peakCpuPercent) : null);
   const u = r.usage || {};
   text(ui, 'tokens', u.reported ? `${fmtCount(u.inputTokens)} in · ${fmtCount(u.outputTokens)} out · `
     + `${fmtCount(u.llmCalls)} LLM calls` : null);
   text(ui, 'cost', u.reported && u.costUsd !== null && u.costUsd !== undefined ? u.costUsd : null);
   showIo(ui, r);
+}
+
+/** The record's peaks once it has them (at the end); until then, the highest samples seen. */
+function showPeaks(ui, r, seen) {
+  const memory = r && r.peakMemoryBytes != null ? r.peakMemoryBytes : seen.memory;
+  const cpu = r && r.peakCpuPercent != null ? r.peakCpuPercent : seen.cpu;
+  text(ui, 'peak-memory', memory != null ? fmtBytes(memory) : null);
+  text(ui, 'peak-cpu', cpu != null ? fmtPercent(cpu) : null);
 }
 
 function showIo(ui, r) {
@@ -209,11 +219,17 @@ class Panels {
     ui.resources.append(h('h2', {}, 'Resources'), this.cpu.el, this.mem.el);
     this.waterfall = new Waterfall(ui.spans);
     this.dirty = new Set();
+    /** The highest samples seen, for the header while the record has no peaks yet. */
+    this.peak = { memory: null, cpu: null };
   }
 
   metrics(d) {
-    this.cpu.add(Number(d.cpuUsage));
-    this.mem.add(Number(d.memoryUsage));
+    const cpu = Number(d.cpuUsage);
+    const memory = Number(d.memoryUsage);
+    if (isFinite(cpu)) this.peak.cpu = Math.max(this.peak.cpu ?? 0, cpu);
+    if (isFinite(memory)) this.peak.memory = Math.max(this.peak.memory ?? 0, memory);
+    this.cpu.add(cpu);
+    this.mem.add(memory);
     this.ui.resources.hidden = false;
     this.later('charts');
   }
