@@ -52,12 +52,7 @@ async fn a_running_execution_shows_its_lines_as_they_are_written_and_ends_with_i
     server.client.wait_status(&id, "RUNNING", WAIT).await;
     let browser = Browser::start().await;
     open_execution(&browser, &server.url, &id).await;
-    browser
-        .wait_until(
-            "the live stream open",
-            "document.querySelector('#connection[data-state=open]')",
-        )
-        .await;
+    wait_live(&browser).await;
     // Its peaks are in the header while it runs, from the resource samples (the record has
     // them only at the end).
     browser
@@ -360,12 +355,7 @@ async fn with_keys_the_page_asks_for_one_shows_its_users_executions_only_and_kee
 
     // Her execution streams live with the key.
     open_execution(&browser, &server.url, &mine).await;
-    browser
-        .wait_until(
-            "the live stream open",
-            "document.querySelector('#connection[data-state=open]')",
-        )
-        .await;
+    wait_live(&browser).await;
     release(&go);
     wait_status(&browser, "COMPLETED").await;
     wait_line_count(&browser, 50, WAIT).await;

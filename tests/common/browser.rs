@@ -309,37 +309,30 @@ impl Browser {
 
     /// Runs a DevTools Protocol command in the page's target (chromedriver's `goog/cdp`).
     pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
-        let url = format!(
-            "{}/session/{}/goog/cdp/execute",
-            self.driver_url, self.session
-        );
-        let body: Value = self
-            .http
-            .post(url)
-            .json(&json!({ "cmd": cmd, "params": params }))
-            .send()
+        self.session_post("goog/cdp/execute", json!({ "cmd": cmd, "params": params }))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["value"].clone()
     }
 
     /// Chromedriver's log of `kind` (`browser`, `performance`), drained.
     async fn read_log(&self, kind: &str) -> Vec<Value> {
-        let url = format!("{}/session/{}/se/log", self.driver_url, self.session);
-        let body: Value = self
+        let value = self.session_post("se/log", json!({ "type": kind })).await;
+        value.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Posts `body` to one of chromedriver's own endpoints of this session; its `value`.
+    async fn session_post(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.driver_url, self.session);
+        let answer: Value = self
             .http
             .post(url)
-            .json(&json!({ "type": kind }))
+            .json(&body)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        body["value"].as_array().cloned().unwrap_or_default()
+        answer["value"].clone()
     }
 
     /// Ends the session (the browser quits) and chromedriver.

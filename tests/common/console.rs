@@ -187,6 +187,16 @@ pub async fn open_execution(browser: &Browser, url: &str, id: &str) {
     browser.wait_for("#log").await;
 }
 
+/// Waits until the execution page's live stream is open.
+pub async fn wait_live(browser: &Browser) {
+    browser
+        .wait_until(
+            "the live stream open",
+            "document.querySelector('#connection[data-state=open]')",
+        )
+        .await;
+}
+
 /// Asserts every request of every page the browser visited (HTTP and WebSocket), and every
 /// resource the current page loaded, went to the runtime at `url` and nowhere else.
 pub async fn assert_only_the_runtime_was_asked(browser: &Browser, url: &str) {
