@@ -124,7 +124,7 @@ pub async fn status_page(headers: HeaderMap) -> Response {
 /// One of the console's embedded files: its modules, stylesheet and licences.
 #[utoipa::path(
     get, path = "/assets/{name}", tag = "console", operation_id = "consoleAsset", security(()),
-    params(("name" = String, Path, description = "The file's name, e.g. `app.js`")),
+    params(("name" = String, Path, description = "The file's name", example = "app.js")),
     responses(
         (status = 200, description = "The file: a JavaScript module, a stylesheet or a licence", content(
             (String = "text/javascript"),
