@@ -25,7 +25,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode, Path};
 /// The policy of the page: nothing but this server's own scripts, styles and connections
 /// (`'self'` covers `ws:` to the same host, CSP Level 3), no plugins, no frames, no `<base>`,
 /// and Trusted Types with no policy: `innerHTML = string` throws.
-pub const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
+const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; \
      trusted-types 'none'";
@@ -37,8 +37,8 @@ struct Asset {
     body: &'static [u8],
 }
 
-/// Every file under `/assets/`: the page's modules, its stylesheet and the licences of what it
-/// embeds. A test checks that this list and the `console` directory agree.
+/// Every file under `/assets/`: the page's modules and its stylesheet (all our own: nothing
+/// third-party is embedded). A test checks that this list and the `console` directory agree.
 macro_rules! assets {
     ($($name:literal),* $(,)?) => {
         &[$(Asset { name: $name, body: include_bytes!(concat!("console/", $name)) }),*]
@@ -121,12 +121,12 @@ pub async fn status_page(headers: HeaderMap) -> Response {
     page(&headers)
 }
 
-/// One of the console's embedded files: its modules, stylesheet and licences.
+/// One of the console's embedded files: its modules and stylesheet.
 #[utoipa::path(
     get, path = "/assets/{name}", tag = "console", operation_id = "consoleAsset", security(()),
     params(("name" = String, Path, description = "The file's name", example = "app.js")),
     responses(
-        (status = 200, description = "The file: a JavaScript module, a stylesheet or a licence", content(
+        (status = 200, description = "The file: a JavaScript module, the stylesheet (any other file would be plain text)", content(
             (String = "text/javascript"),
             (String = "text/css"),
             (String = "text/plain"),
@@ -199,7 +199,6 @@ fn media_type(name: &str) -> &'static str {
     match name.rsplit('.').next() {
         Some("js") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
-        Some("svg") => "image/svg+xml",
         _ => "text/plain; charset=utf-8",
     }
 }
