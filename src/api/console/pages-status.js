@@ -29,8 +29,8 @@ export function mount(main) {
     health.dataset.status = String(r.status);
     health.className = `health status-${r.status}`;
     health.textContent = String(r.status);
-    const up = typeof r.uptime === 'number' ? fmtDuration(r.uptime * (r.uptime > 1e6 ? 1 : 1000)) : String(r.uptime ?? '');
-    meta.textContent = `as of ${fmtTime(r.timestamp)} · up ${up}`;
+    // `uptime` is in seconds.
+    meta.textContent = `as of ${fmtTime(r.timestamp)} · up ${fmtDuration(r.uptime * 1000)}`;
     replace(checks, Object.entries(r.checks || {}).map(([name, c]) => check(name, c)));
   }
 
