@@ -30,10 +30,15 @@ fn gated_ticker(
         id,
         "1",
         &format!(
-            "while [ ! -e '{}' ]; do sleep 0.02; done; i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo \"tick $i\"; sleep {pause}; done",
-            go.display()
+            "{}; i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo \"tick $i\"; sleep {pause}; done",
+            gate(go)
         ),
     )
+}
+
+/// A shell line that waits until `release(go)`.
+fn gate(go: &std::path::Path) -> String {
+    format!("while [ ! -e '{}' ]; do sleep 0.02; done", go.display())
 }
 
 fn release(go: &std::path::Path) {
@@ -180,8 +185,8 @@ async fn markup_in_a_log_line_is_shown_as_text_and_never_runs() {
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
     let script = format!(
-        "while [ ! -e '{}' ]; do sleep 0.02; done\ncat <<'EOF'\n{}\n{}\nEOF\ncat >&2 <<'EOF'\n{}\nEOF\nsleep 0.2",
-        go.display(),
+        "{}\ncat <<'EOF'\n{}\n{}\nEOF\ncat >&2 <<'EOF'\n{}\nEOF\nsleep 0.2",
+        gate(&go),
         HOSTILE[0],
         HOSTILE[1],
         HOSTILE[2]

@@ -55,6 +55,11 @@ async function readBody(res) {
   try { return JSON.parse(text); } catch { return { text }; }
 }
 
+/** The agents (`GET /api/agents` answers `{agents: [...]}`). */
+export async function listAgents() {
+  return (await api('/api/agents')).agents;
+}
+
 /** The query string of `params`, leaving out empty values. */
 export function query(params) {
   const q = new URLSearchParams();

@@ -36,6 +36,11 @@ export function replace(el, ...children) {
 }
 
 export const DASH = '—';
+
+/** How an execution's agent is named: `Name (id)`, or the id alone when it has no other name. */
+export function agentLabel(e) {
+  return e.agentName && e.agentName !== e.agentId ? `${e.agentName} (${e.agentId})` : String(e.agentId ?? DASH);
+}
 export const FINAL = new Set(['COMPLETED', 'FAILED', 'CANCELLED']);
 export const STATUSES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'CANCELLED'];
 

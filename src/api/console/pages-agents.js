@@ -2,7 +2,7 @@
 // as it is typed (a syntax error shows at once); the server's answer to a submission is shown
 // as `code: message`, and a 202 opens the new execution.
 
-import { api } from '/assets/api.js';
+import { api, listAgents } from '/assets/api.js';
 import { h, replace, prettyJson, DASH } from '/assets/dom.js';
 
 export function mount(main) {
@@ -36,8 +36,7 @@ export function mount(main) {
 
 async function load(ui, st) {
   try {
-    const list = await api('/api/agents');
-    st.agents = Array.isArray(list) ? list : list.agents || [];
+    st.agents = await listAgents();
     ui.note.textContent = '';
   } catch (e) {
     ui.note.textContent = e.message;

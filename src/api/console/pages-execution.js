@@ -7,7 +7,7 @@ import { follow } from '/assets/stream.js';
 import { LogView, STREAMS } from '/assets/log-view.js';
 import { LineChart } from '/assets/chart.js';
 import { Waterfall } from '/assets/spans.js';
-import { h, replace, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from '/assets/dom.js';
+import { h, replace, agentLabel, fmtBytes, fmtDuration, fmtTime, fmtPercent, fmtCount, prettyJson, FINAL, DASH } from '/assets/dom.js';
 
 const SEARCH_DEBOUNCE_MS = 150;
 const RECORD_REFRESH_TICKS = 3;
@@ -133,7 +133,7 @@ function text(ui, fid, value) {
 
 function showRecord(ui, r) {
   setStatus(ui, r.status);
-  text(ui, 'agent', r.agentName && r.agentName !== r.agentId ? `${r.agentName} (${r.agentId})` : r.agentId);
+  text(ui, 'agent', agentLabel(r));
   text(ui, 'user', r.userId);
   text(ui, 'started', r.startedAt ? fmtTime(r.startedAt) : null);
   text(ui, 'finished', r.finishedAt ? fmtTime(r.finishedAt) : null);

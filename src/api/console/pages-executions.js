@@ -2,8 +2,8 @@
 // string), paged with nextCursor (a stack of earlier cursors for "newer"), refreshed every
 // second while the tab is visible.
 
-import { api, query } from '/assets/api.js';
-import { h, replace, fmtTime, fmtDuration, STATUSES, DASH } from '/assets/dom.js';
+import { api, listAgents, query } from '/assets/api.js';
+import { h, replace, agentLabel, fmtTime, fmtDuration, STATUSES, DASH } from '/assets/dom.js';
 
 const LIMIT = 50;
 const REFRESH_MS = 1000;
@@ -86,9 +86,7 @@ function addAgentOption(select, id) {
 
 async function loadAgents(select) {
   try {
-    const list = await api('/api/agents');
-    const agents = Array.isArray(list) ? list : list.agents || [];
-    for (const a of agents) addAgentOption(select, a.id);
+    for (const a of await listAgents()) addAgentOption(select, a.id);
     const wanted = new URLSearchParams(location.search).get('agent');
     if (wanted) select.value = wanted;
   } catch {
@@ -114,7 +112,7 @@ function row(e) {
   const id = String(e.executionId);
   return h('tr', { dataset: { executionId: id, status: String(e.status) } },
       h('td', { class: 'mono' }, h('a', { href: `/executions/${encodeURIComponent(id)}` }, id)),
-      h('td', {}, e.agentName ? `${e.agentName} (${e.agentId})` : String(e.agentId ?? DASH)),
+      h('td', {}, agentLabel(e)),
       h('td', {}, String(e.userId ?? DASH)),
       h('td', {}, h('span', { class: `badge status-${e.status}` }, String(e.status))),
       h('td', {}, fmtTime(e.createdAt)),
